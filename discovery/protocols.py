@@ -1,0 +1,68 @@
+"""The interfaces every component implements (structural typing, no base classes needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from discovery.records import Candidate, Evaluation, FitReport, Prediction, Selection
+
+
+@runtime_checkable
+class Generator(Protocol):
+    name: str
+    version: str
+
+    def propose(self, n: int, conditions: dict[str, Any], rng: np.random.Generator) -> list[Candidate]:
+        """Return up to ``n`` new candidates for ``conditions``."""
+
+    def update(self, feedback: dict[str, Any]) -> None:
+        """Take new labels and known structures into account for later proposals."""
+
+
+@runtime_checkable
+class Surrogate(Protocol):
+    property: str
+
+    def fit(self, candidates: Sequence[Candidate], targets: Sequence[float]) -> FitReport: ...
+
+    def predict(self, candidates: Sequence[Candidate]) -> list[Prediction]: ...
+
+    def embed(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """Learned per-crystal embedding (used for batch diversity). Shapes: (n, d)."""
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    name: str
+    fidelity: str
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes the numbers it returns."""
+
+    def evaluate(self, candidate: Candidate) -> Evaluation:
+        """Never raises for a scientific failure: returns ``status="failed"`` instead."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+
+    def select(self, pool: Sequence[Candidate], predictions: Sequence[Prediction], k: int,
+               context: dict[str, Any]) -> Selection: ...
+
+    def observe(self, evaluations: Sequence[Evaluation]) -> None: ...
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None: ...
+
+    def close(self) -> None: ...
