@@ -161,6 +161,8 @@ class CGCNNEnsembleConfig(Strict):
     cutoff_a: float = Field(8.0, gt=0)
     max_neighbors: int = Field(12, ge=1)
     bootstrap: bool = True
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where members train and predict; not part of the checkpoint identity")
 
     @model_validator(mode="before")
     @classmethod
@@ -287,6 +289,13 @@ class CampaignConfig(Strict):
     execution: ExecutionConfig = ExecutionConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_dft_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("dft"), dict) and "kind" not in data["dft"]:
+            data = {**data, "dft": {"kind": "gpaw", **data["dft"]}}
+        return data
+
     @model_validator(mode="after")
     def _phases_in_chemistry(self) -> CampaignConfig:
         from pymatgen.core import Composition
@@ -388,6 +397,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Campaig
         raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     raw = copy.deepcopy(raw)
     for key, value in parse_overrides(overrides, source):
+        top = key.split(".")[0]
+        default = CampaignConfig.model_fields.get(top)
+        if top not in raw and default is not None and default.default_factory is not None:
+            # e.g. --set generators.0.n_per_round=3 edits the default generator list
+            value_default = CampaignConfig().model_dump(mode="json")[top]
+            if isinstance(value_default, list):
+                raw[top] = value_default
         _set_path(raw, key, value, source)
     config = validate_config(raw, source)
     return _resolve_paths(config, path.parent, source)

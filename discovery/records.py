@@ -6,13 +6,14 @@ Structures travel as pymatgen ``Structure.as_dict()`` dictionaries so records st
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from enum import StrEnum
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Fidelity(StrEnum):
@@ -23,6 +24,12 @@ class Fidelity(StrEnum):
     DFT = "dft"
     REPLAY = "replay"
     EMT = "emt"  # tests only
+
+
+def _plain_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Normalise a structure dict to what JSON gives back (tuples become lists), so a record
+    read from the ledger compares equal to the one that was written."""
+    return None if value is None else json.loads(json.dumps(value))
 
 
 class Record(BaseModel):
@@ -58,6 +65,8 @@ class Candidate(Record):
     parent_ids: tuple[str, ...] = ()
     conditions: dict[str, Any] = Field(default_factory=dict)
     round: int = -1
+
+    _structure = field_validator("structure")(_plain_json)
 
     @cached_property
     def pmg(self):
@@ -125,6 +134,8 @@ class Evaluation(Record):
     failure: Failure | None = None
     provenance: Provenance
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    _relaxed = field_validator("relaxed_structure")(_plain_json)
 
     @property
     def ok(self) -> bool:

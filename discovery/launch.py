@@ -1,0 +1,153 @@
+"""Open (or resume) a campaign folder and wire a `Campaign` for `discovery run`.
+
+Everything that can fail because of the user's input (folder state, datasets, reference phases,
+oracle set-up) fails here, before the ledger or any other file is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from discovery import __version__
+from discovery.build import ComponentSpec, build_component, reference_candidates, seed_candidates
+from discovery.campaign import Campaign, Reporter
+from discovery.config import CampaignConfig, config_to_yaml, flatten
+from discovery.errors import ConfigError, DataError
+from discovery.ledger.sqlite import SqliteLedger
+from discovery.report import LEDGER_NAME
+
+log = logging.getLogger(__name__)
+
+# Settings that must not change when a campaign is resumed: they define what the results mean.
+FROZEN_ON_RESUME = ("seed", "chemistry", "dft", "mlip", "objective")
+
+
+@dataclass
+class PreparedCampaign:
+    campaign: Campaign
+    ledger: SqliteLedger
+    tracker: Any
+    out_dir: Path
+
+
+def check_folder(out_dir: Path, resume: bool) -> None:
+    has_ledger = (out_dir / LEDGER_NAME).exists()
+    if has_ledger and not resume:
+        raise ConfigError(f"{out_dir}: already holds a campaign; pass --resume to continue it "
+                          "or choose another --out")
+    if resume and not has_ledger:
+        raise ConfigError(f"{out_dir}: --resume given but there is no campaign here")
+
+
+def check_resume_compatible(config: CampaignConfig, out_dir: Path) -> None:
+    import yaml
+
+    stored = yaml.safe_load((out_dir / "campaign.yaml").read_text())
+    current = config.model_dump(mode="json")
+    for key in FROZEN_ON_RESUME:
+        if stored.get(key) != current.get(key):
+            raise ConfigError(f"{out_dir}/campaign.yaml: {key}: differs from the campaign being resumed; "
+                              "results would not be comparable (start a new --out instead)")
+
+
+def build_specs(config: CampaignConfig, out_dir: Path) -> tuple[dict[str, ComponentSpec], ComponentSpec]:
+    import numpy as np
+
+    seq = np.random.SeedSequence(config.seed)
+    streams = seq.spawn(len(config.generators) + 1)
+    elements = tuple(config.chemistry.elements)
+    components: dict[str, ComponentSpec] = {}
+    for i, gen in enumerate(config.generators):
+        name = f"generator:{gen.kind}" if f"generator:{gen.kind}" not in components else f"generator:{gen.kind}:{i}"
+        components[name] = ComponentSpec("generator", gen, elements, config.chemistry.max_atoms,
+                                         int(streams[i].generate_state(1)[0]))
+    components["surrogate"] = ComponentSpec("surrogate", config.surrogate, elements,
+                                            seed=int(streams[-1].generate_state(1)[0]),
+                                            workdir=out_dir / "checkpoints")
+    if config.mlip.enabled:
+        components["mlip"] = ComponentSpec("mlip", config.mlip)
+    dft = ComponentSpec("dft", config.dft, elements, workdir=out_dir / "work" / "dft")
+    oracle = build_component(dft)  # cheap: calculators are only built inside calculations
+    dft.extra.update(fingerprint=oracle.fingerprint, fidelity=str(oracle.fidelity))
+    return components, dft
+
+
+def make_tracker(config: CampaignConfig, out_dir: Path, run_id: str | None):
+    from discovery.tracking.mlflow_tracker import MlflowTracker, NullTracker
+
+    if not config.tracking.enabled:
+        return NullTracker()
+    uri = config.tracking.tracking_uri or f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+    artifacts = (out_dir / "mlartifacts").resolve().as_uri() if not config.tracking.tracking_uri else None
+    return MlflowTracker(uri, config.tracking.experiment or config.name, run_name=out_dir.name,
+                         run_id=run_id, artifact_location=artifacts)
+
+
+def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address: str | None = None,
+            reporter: Reporter | None = None) -> PreparedCampaign:
+    """Validate the folder and inputs, then open the ledger and tracker and wire the campaign."""
+    from discovery.structures import CandidateFilter
+
+    out_dir = Path(out_dir).resolve()
+    check_folder(out_dir, resume)
+    if resume:
+        check_resume_compatible(config, out_dir)
+    reporter = reporter or Reporter()
+    reporter.status("loading seed structures and references")
+    try:
+        seeds = seed_candidates(config)
+        references = reference_candidates(config)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    components, dft = build_specs(config, out_dir)
+
+    # ---- validation is over: from here on files are written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out_dir / "campaign.yaml").write_text(config_to_yaml(config))
+    ledger = SqliteLedger(out_dir / LEDGER_NAME, writer=True)
+    meta = ledger.meta()
+    config_json = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    if not meta:
+        ledger.append("meta", "campaign", {
+            "name": config.name, "code_version": __version__,
+            "config_fingerprint": hashlib.sha256(config_json.encode()).hexdigest()[:12],
+            "dft_fingerprint": dft.extra["fingerprint"], "dft_fidelity": dft.extra["fidelity"],
+            "dft_slots": config.execution.dft_slots,
+            "hit_e_above_hull_ev": config.objective.hit_e_above_hull_ev,
+        })
+    elif meta.get("dft_slots") != config.execution.dft_slots:
+        ledger.append("meta", "slots", {"dft_slots": config.execution.dft_slots})
+    tracker = make_tracker(config, out_dir, meta.get("mlflow_run_id"))
+    if tracker.run_id and not meta.get("mlflow_run_id"):
+        ledger.append("meta", "mlflow", {"mlflow_run_id": tracker.run_id})
+    tracker.log_params(flatten(config.model_dump(mode="json")))
+    tracker.log_text(config_to_yaml(config), "campaign.yaml")
+    tracker.set_tag("dft_fingerprint", dft.extra["fingerprint"])
+
+    executor = make_executor(config, address)
+    filt = CandidateFilter(config.filters)
+    filt.add_known(seeds)
+    from discovery.policies.acquisition import make_policy
+    import numpy as np
+
+    policy = make_policy(config.policy, np.random.default_rng(
+        np.random.SeedSequence(config.seed, spawn_key=(10_000,))))
+    campaign = Campaign(config, out_dir, ledger, executor, components, dft, seeds, references, filt,
+                        policy, tracker, reporter)
+    return PreparedCampaign(campaign, ledger, tracker, out_dir)
+
+
+def make_executor(config: CampaignConfig, address: str | None):
+    if config.execution.backend == "local" and not address:
+        from discovery.executor import LocalExecutor
+
+        return LocalExecutor()
+    from discovery.actors.executor import RayExecutor  # the only place the core reaches for Ray
+
+    return RayExecutor(address=address or config.execution.address, num_cpus=config.execution.num_cpus)

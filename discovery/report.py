@@ -1,0 +1,263 @@
+"""What a campaign has found, computed from its ledger alone (works while it runs).
+
+`campaign_status` backs ``discovery status DIR --json`` and the table printed at the end of a run;
+`write_artifacts` writes the CIFs of validated candidates and the discovery-curve PNG.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pymatgen.core import Structure
+
+from discovery.errors import LedgerError
+from discovery.ledger.sqlite import SqliteLedger
+from discovery.records import Evaluation, Fidelity
+from discovery.thermo import Hull
+
+if TYPE_CHECKING:
+    from discovery.campaign import Campaign
+
+LEDGER_NAME = "ledger.sqlite"
+
+
+def is_running(out_dir: Path) -> bool:
+    """True while a driver holds the campaign's writer lock."""
+    lock = out_dir / "ledger.lock"
+    if not lock.exists():
+        return False
+    with open(lock) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def _wall_s(ledger: SqliteLedger, running: bool) -> float:
+    """Sum of driver sessions; a killed session ends at its last record."""
+    times = [created for _, _, _, created in ledger.db.execute(
+        "SELECT key, round, payload, created FROM records ORDER BY seq")]
+    sessions = list(ledger.rows("session"))
+    total, start = 0.0, None
+    for key, _, payload, created in sessions:
+        if key == "start":
+            if start is not None:  # previous session was killed: it ended at its last record
+                total += max(t for t in times if t < created) - start
+            start = payload["t"]
+        elif key == "end" and start is not None:
+            total += payload["t"] - start
+            start = None
+    if start is not None:
+        total += (time.time() if running else max(times)) - start
+    return total
+
+
+def _count_runs(workdir: Path) -> int:
+    runs = workdir / "runs.jsonl"
+    if not runs.is_file():
+        return 0
+    return sum(1 for line in runs.read_text().splitlines()
+               if line.strip() and json.loads(line).get("completed", True))
+
+
+def campaign_status(out_dir: str | Path) -> dict[str, Any]:
+    """Counts, best candidates and DFT utilisation of the campaign in ``out_dir``.
+
+    Raises:
+        LedgerError: ``out_dir`` holds no campaign.
+    """
+    out_dir = Path(out_dir)
+    ledger = SqliteLedger(out_dir / LEDGER_NAME, writer=False)
+    try:
+        running = is_running(out_dir)
+        meta = ledger.meta()
+        candidates = ledger.candidates()
+        evals = ledger.evaluations()
+        rounds = [p for _, _, p, _ in ledger.rows("round")]
+        n_submitted = ledger.count("submission")
+        wall = _wall_s(ledger, running)
+        eval_keys = [k for (k,) in ledger.db.execute("SELECT key FROM records WHERE kind='evaluation'")]
+    finally:
+        ledger.close()
+
+    dft_fp = meta.get("dft_fingerprint")
+    fidelity = meta.get("dft_fidelity", Fidelity.DFT)
+    refs = {cid for cid, c in candidates.items() if c.generator == "reference"}
+    dft = {e.candidate_id: e for e in evals if e.fidelity == fidelity and e.oracle_fingerprint == dft_fp}
+    mlip = [e for e in evals if e.fidelity == Fidelity.MLIP and e.candidate_id not in refs]
+    cand_dft = {i: e for i, e in dft.items() if i not in refs}
+    hull = Hull([dft[i] for i in refs if i in dft and dft[i].ok], [e for e in cand_dft.values() if e.ok])
+
+    best = []
+    for cid, ev in cand_dft.items():
+        if not ev.ok:
+            continue
+        s = Structure.from_dict(ev.relaxed_structure)
+        res = hull.evaluate(s.composition, ev.energy_per_atom)
+        c = candidates.get(cid)
+        best.append({
+            "id": cid, "formula": s.composition.reduced_formula,
+            "generator": c.generator if c else "?", "round": c.round if c else -1,
+            "energy_per_atom": ev.energy_per_atom,
+            "formation_energy_per_atom": res.formation_energy_per_atom if res else None,
+            "e_above_hull": res.e_above_hull if res else None,
+            "e_above_reference_hull": res.e_above_reference_hull if res else None,
+            "dft_wall_s": ev.provenance.wall_s,
+        })
+    curve = [r["e_above_hull"] for r in best]  # ledger order = order of completion
+    best.sort(key=lambda r: (r["e_above_hull"] is None, r["e_above_hull"] or 0.0,
+                             r["formation_energy_per_atom"] or 0.0))
+    threshold = meta.get("hit_e_above_hull_ev", 0.05)
+    hits = [r for r in best if r["e_above_hull"] is not None and r["e_above_hull"] <= threshold]
+
+    # a calculation is repeated when its work folder logged more than one completed run, or when
+    # the ledger holds two results for the same (candidate, settings) key
+    work = out_dir / "work" / "dft" / str(dft_fp)
+    repeated = sum(max(0, _count_runs(d) - 1) for d in work.iterdir()) if work.is_dir() else 0
+    repeated += len(eval_keys) - len(set(eval_keys))
+
+    slots = meta.get("dft_slots", 1)
+    busy = sum(e.provenance.wall_s for e in dft.values() if not e.extra.get("reused"))
+    unique = _unique_structures([e for e in cand_dft.values() if e.ok])
+    return {
+        "name": meta.get("name"),
+        "running": running,
+        "rounds": len(rounds),
+        "candidates_proposed": sum(r["proposed"] for r in rounds),
+        "candidates_valid": sum(r["valid"] for r in rounds),
+        "candidates_novel": sum(r["novel"] for r in rounds),
+        "mlip_relaxed": sum(1 for e in mlip if e.ok),
+        "dft_submitted": n_submitted,
+        "dft_completed": sum(1 for e in cand_dft.values() if e.ok),
+        "dft_failed": sum(1 for e in cand_dft.values() if not e.ok),
+        "dft_failures": _failure_classes(cand_dft.values()),
+        "dft_references_completed": sum(1 for i in refs if i in dft and dft[i].ok),
+        "dft_references_failed": sum(1 for i in refs if i in dft and not dft[i].ok),
+        "dft_unique_structures": unique,
+        "dft_repeated": repeated,
+        "hits": len(hits),
+        "hit_e_above_hull_ev": threshold,
+        "best": best[:10],
+        "curve": curve,
+        "wall_s": wall,
+        "dft_busy_fraction": busy / (slots * wall) if wall > 0 else 0.0,
+        "dft_slots": slots,
+    }
+
+
+def _failure_classes(evals) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in evals:
+        if not e.ok and e.failure is not None:
+            out[e.failure.error_class] = out.get(e.failure.error_class, 0) + 1
+    return out
+
+
+def _unique_structures(evals: list[Evaluation]) -> int:
+    """Distinct relaxed structures (pymatgen StructureMatcher within each formula)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    by_formula: dict[str, list[Structure]] = {}
+    for e in evals:
+        s = Structure.from_dict(e.relaxed_structure)
+        by_formula.setdefault(s.composition.reduced_formula, []).append(s)
+    matcher = StructureMatcher()
+    return sum(len(matcher.group_structures(group)) for group in by_formula.values())
+
+
+def round_metrics(campaign: Campaign, rnd: int) -> dict[str, float]:
+    """Metrics logged when the DFT of round ``rnd`` is back."""
+    hull = campaign.dft_hull()
+    ids = [cid for cid, r in campaign.submitted.items() if r == rnd]
+    done = [campaign.dft[i] for i in ids if i in campaign.dft]
+    errors, best_ef, best_eh, hits = [], None, None, 0
+    for cid, ev in campaign.dft.items():
+        if not ev.ok or cid in campaign.references:
+            continue
+        res = hull.evaluate(Structure.from_dict(ev.relaxed_structure).composition, ev.energy_per_atom)
+        if res is None:
+            continue
+        best_ef = res.formation_energy_per_atom if best_ef is None else min(best_ef, res.formation_energy_per_atom)
+        best_eh = res.e_above_hull if best_eh is None else min(best_eh, res.e_above_hull)
+        hits += res.e_above_hull <= campaign.config.objective.hit_e_above_hull_ev
+        if cid in ids and cid in campaign.predicted:
+            errors.append(abs(campaign.predicted[cid][0] - res.e_above_reference_hull))
+    metrics: dict[str, float] = {
+        "dft_completed_round": sum(1 for e in done if e.ok),
+        "dft_failed_round": sum(1 for e in done if not e.ok),
+        "dft_completed_total": sum(1 for i, e in campaign.dft.items() if e.ok and i not in campaign.references),
+        "hits": hits,
+    }
+    if best_ef is not None:
+        metrics["best_formation_energy"] = best_ef
+        metrics["best_e_above_hull"] = best_eh
+    if errors:
+        metrics["prediction_mae_e_hull"] = sum(errors) / len(errors)
+    return metrics
+
+
+def write_artifacts(out_dir: Path, status: dict[str, Any], ledger_path: Path | None = None) -> list[Path]:
+    """CIFs of every validated candidate and the discovery curve; returns the files written."""
+    out_dir = Path(out_dir)
+    ledger = SqliteLedger(ledger_path or out_dir / LEDGER_NAME, writer=False)
+    try:
+        meta = ledger.meta()
+        evals = [e for e in ledger.evaluations()
+                 if e.oracle_fingerprint == meta.get("dft_fingerprint") and e.ok]
+    finally:
+        ledger.close()
+    cif_dir = out_dir / "cifs"
+    cif_dir.mkdir(exist_ok=True)
+    written = []
+    for e in evals:
+        s = Structure.from_dict(e.relaxed_structure)
+        path = cif_dir / f"{s.composition.reduced_formula}_{e.candidate_id}.cif"
+        if not path.exists():
+            s.to(filename=str(path))
+        written.append(path)
+    written.append(plot_discovery_curve(out_dir, status))
+    return written
+
+
+def plot_discovery_curve(out_dir: Path, status: dict[str, Any]) -> Path:
+    """Best e_above_hull and hits against the number of DFT calculations, in evaluation order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = status.get("curve", [])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if curve:
+        xs = list(range(1, len(curve) + 1))
+        best, hits, running, n = [], [], float("inf"), 0
+        for e_hull in curve:
+            if e_hull is not None:
+                running = min(running, e_hull)
+                n += e_hull <= status["hit_e_above_hull_ev"]
+            best.append(running if running < float("inf") else float("nan"))
+            hits.append(n)
+        ax.plot(xs, best, "o-", label="best E above hull")
+        ax.set_ylabel("best E above hull (eV/atom)")
+        ax2 = ax.twinx()
+        ax2.step(xs, hits, where="post", color="tab:orange", label="hits")
+        ax2.set_ylabel("hits (DFT-validated)")
+    ax.set_xlabel("DFT calculations")
+    ax.set_title(f"{status.get('name')}: discovery curve")
+    fig.tight_layout()
+    path = Path(out_dir) / "discovery_curve.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def load_status_or_raise(out_dir: Path) -> dict[str, Any]:
+    if not (Path(out_dir) / LEDGER_NAME).is_file():
+        raise LedgerError(f"{out_dir}: no campaign here (no {LEDGER_NAME})")
+    return campaign_status(out_dir)

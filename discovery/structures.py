@@ -1,0 +1,418 @@
+"""Canonical ids, validity checks, de-duplication and novelty, pymatgen <-> ase.
+
+Everything here works on pymatgen ``Structure`` objects and `Candidate` records. The heavy lifting
+is done by pymatgen (spglib standardisation, Niggli reduction, lattice automorphisms,
+``StructureMatcher``) and smact (charge neutrality and electronegativity).
+
+Canonical ids
+    `candidate_id` hashes a canonical text form of a crystal. The form is the same for every
+    description of the same crystal: any site order, any choice of (super)cell, any origin,
+    wrapped or unwrapped coordinates and numeric noise far below the rounding grid. Steps:
+
+    1. drop oxidation states and site properties;
+    2. spglib primitive standard cell (``symprec=0.01`` A, which also idealises positions of
+       symmetric structures), falling back to ``get_primitive_structure`` when spglib fails;
+    3. Niggli reduction;
+    4. over every automorphism of the reduced lattice (pymatgen ``find_all_mappings``, proper and
+       improper, at most 48) and every origin on a site of the rarest element, express the
+       fractional coordinates in that setting, round them to a 1/48 grid and sort them; the
+       lexicographically smallest list wins;
+    5. hash ``reduced formula | rounded lattice parameters | that list`` with sha256.
+
+    A supercell therefore gets the id of its primitive cell, and mirror images (enantiomorphs)
+    share an id, as they do under ``StructureMatcher``. The grid 1/48 has no rounding boundary on a
+    special position (multiples of 1/24), lattice lengths round to 0.01 A and angles to 0.1 degree.
+    Noise that happens to straddle a rounding boundary can still change the id of a low-symmetry
+    structure; `CandidateFilter` catches those cases with ``StructureMatcher``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from discovery.records import Candidate
+
+if TYPE_CHECKING:
+    from ase import Atoms
+    from pymatgen.core import Structure
+
+    from discovery.config import FilterConfig
+
+logger = logging.getLogger(__name__)
+
+ID_PREFIX = "c"
+ID_HEX_CHARS = 16
+SYMPREC_A = 0.01
+ANGLE_TOLERANCE_DEG = 5.0
+FRAC_GRID = 48
+LENGTH_DECIMALS = 2
+ANGLE_DECIMALS = 1
+
+REASON_STRUCTURE = "invalid_structure"
+REASON_COMPOSITION = "invalid_composition"
+REASON_DUPLICATE = "duplicate"
+REASON_KNOWN = "known"
+
+
+@contextmanager
+def quiet_spglib() -> Iterator[None]:
+    """Silence spglib's C-level warnings and Python warnings for the duration of a block."""
+    old = os.environ.get("SPGLIB_WARNING")
+    os.environ["SPGLIB_WARNING"] = "OFF"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("SPGLIB_WARNING", None)
+        else:
+            os.environ["SPGLIB_WARNING"] = old
+
+
+def _plain(structure: Structure) -> Structure:
+    """A copy without oxidation states or site properties."""
+    from pymatgen.core import Structure
+
+    s = Structure(
+        structure.lattice,
+        [site.specie.symbol if hasattr(site.specie, "symbol") else str(site.specie) for site in structure],
+        structure.frac_coords,
+    )
+    return s
+
+
+def standardize(structure: Structure) -> Structure:
+    """Primitive, standardised, Niggli-reduced copy of ``structure`` (species as plain elements).
+
+    Args:
+        structure: any periodic, ordered structure.
+
+    Returns:
+        The spglib primitive standard cell, Niggli reduced. When spglib fails, pymatgen's
+        ``get_primitive_structure`` (and, failing that, the structure itself) is used.
+    """
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    s = _plain(structure)
+    prim = None
+    with quiet_spglib():
+        try:
+            prim = SpacegroupAnalyzer(s, symprec=SYMPREC_A, angle_tolerance=ANGLE_TOLERANCE_DEG)
+            prim = prim.get_primitive_standard_structure()
+            if prim.composition.reduced_formula != s.composition.reduced_formula:
+                prim = None
+        except Exception:  # spglib raises several types on odd cells
+            prim = None
+        if prim is None:
+            try:
+                prim = s.get_primitive_structure()
+            except Exception:
+                prim = s
+        try:
+            prim = prim.get_reduced_structure("niggli")
+        except Exception:
+            logger.debug("Niggli reduction failed for %s", s.composition.reduced_formula)
+    return prim
+
+
+def canonical_text(structure: Structure) -> str:
+    """The canonical text form hashed by `candidate_id` (see the module docstring)."""
+    prim = standardize(structure)
+    lattice = prim.lattice
+    symbols = [site.specie.symbol for site in prim]
+    elements = sorted(set(symbols))
+    codes = np.array([elements.index(x) for x in symbols])
+    counts = np.bincount(codes)
+    rarest = int(np.argmin(counts))  # ties resolve to the alphabetically first element
+    frac = np.mod(prim.frac_coords, 1.0)
+    origins = frac[codes == rarest]
+
+    ops: list[np.ndarray] = []
+    try:
+        for _, _, scale in lattice.find_all_mappings(lattice, ltol=1e-3, atol=0.5, skip_rotation_matrix=True):
+            ops.append(np.linalg.inv(scale))
+    except Exception:  # degenerate lattices
+        ops = []
+    if not ops:
+        ops = [np.eye(3)]
+
+    best: tuple | None = None
+    for inv in ops:
+        for origin in origins:
+            shifted = (frac - origin) @ inv
+            grid = np.mod(np.rint(shifted * FRAC_GRID).astype(np.int64), FRAC_GRID)
+            key = tuple(sorted(zip(codes.tolist(), *grid.T.tolist())))
+            if best is None or key < best:
+                best = key
+    lengths = ",".join(f"{x:.{LENGTH_DECIMALS}f}" for x in lattice.abc)
+    angles = ",".join(f"{x:.{ANGLE_DECIMALS}f}" for x in lattice.angles)
+    sites = ";".join(f"{elements[c]}:{i},{j},{k}" for c, i, j, k in best or ())
+    return f"{prim.composition.reduced_formula}|{lengths}|{angles}|{sites}"
+
+
+def candidate_id(structure: Structure) -> str:
+    """Canonical content hash of a crystal: ``"c"`` + 16 hex characters of sha256.
+
+    Invariant to site order, cell choice (supercells included), translations, wrapping and tiny
+    numeric noise; different for different compositions or clearly different structures.
+
+    Args:
+        structure: a pymatgen Structure.
+
+    Returns:
+        The id, e.g. ``"c3f1a0e2b9c4d5e6f"``.
+    """
+    digest = hashlib.sha256(canonical_text(structure).encode()).hexdigest()
+    return ID_PREFIX + digest[:ID_HEX_CHARS]
+
+
+def make_candidate(
+    structure: Structure,
+    generator: str,
+    generator_version: str = "0",
+    parent_ids: Sequence[str] = (),
+    conditions: dict[str, Any] | None = None,
+    round: int = -1,  # noqa: A002 - the record's field name
+) -> Candidate:
+    """Wrap a structure into a `Candidate` with its canonical id and reduced formula.
+
+    Oxidation states and site properties are dropped from the stored structure.
+    """
+    plain = _plain(structure)
+    return Candidate(
+        id=candidate_id(plain),
+        structure=plain.as_dict(),
+        formula=plain.composition.reduced_formula,
+        generator=generator,
+        generator_version=generator_version,
+        parent_ids=tuple(parent_ids),
+        conditions=dict(conditions or {}),
+        round=round,
+    )
+
+
+# ----------------------------------------------------------------------------- validity
+
+
+def structural_problem(structure: Structure, min_distance_a: float = 0.5) -> str | None:
+    """Why a structure is not physically sensible, or None when it is.
+
+    Checks: at least one site, finite lattice and coordinates, positive finite volume, and every
+    pair distance (periodic images and a site's own images included) at least ``min_distance_a``.
+
+    Units: min_distance_a in A.
+    """
+    if len(structure) == 0:
+        return "no sites"
+    matrix = np.asarray(structure.lattice.matrix, dtype=float)
+    if not np.all(np.isfinite(matrix)):
+        return "lattice has NaN or infinite entries"
+    if not np.all(np.isfinite(structure.frac_coords)):
+        return "coordinates have NaN or infinite entries"
+    volume = abs(float(np.linalg.det(matrix)))  # left-handed cells are valid descriptions
+    if not np.isfinite(volume) or volume < 1e-6:
+        return f"cell volume {volume:.3g} A^3 is not positive"
+    if volume / len(structure) > 1e4:
+        return f"volume per atom {volume / len(structure):.3g} A^3 is absurd"
+    try:
+        centers, points, _, dists = structure.get_neighbor_list(min_distance_a, exclude_self=True)
+    except Exception as exc:  # neighbour search fails on degenerate cells
+        return f"neighbour search failed: {exc}"
+    if len(dists):
+        i = int(np.argmin(dists))
+        a, b = structure[int(centers[i])].specie, structure[int(points[i])].specie
+        return f"atoms {a}-{b} only {dists[i]:.3f} A apart (minimum {min_distance_a} A)"
+    return None
+
+
+def composition_problem(structure: Structure) -> str | None:
+    """Why a composition is chemically implausible per SMACT, or None when it passes.
+
+    Uses ``smact.screening.smact_validity``: some assignment of SMACT's (ICSD-2024) oxidation
+    states must be charge neutral and pass the Pauling electronegativity test (anions more
+    electronegative than cations). Decisions:
+
+    * elemental compositions are valid (nothing to balance);
+    * all-metal compositions (intermetallics, Heuslers) are valid (``include_alloys=True``);
+    * mixed valence (Fe3O4, Mn3O4) is allowed (``mixed_valence=True``).
+    """
+    from smact.screening import smact_validity
+
+    comp = structure.composition.element_composition
+    if len(comp.elements) <= 1:
+        return None
+    formula = comp.reduced_formula
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ok = smact_validity(comp, use_pauling_test=True, include_alloys=True, mixed_valence=True)
+    except Exception as exc:  # smact has no data for some elements
+        return f"{formula}: SMACT cannot check this composition ({type(exc).__name__}: {exc})"
+    if not ok:
+        return f"{formula}: no charge-neutral, electronegativity-ordered oxidation states (SMACT)"
+    return None
+
+
+# ----------------------------------------------------------------------------- filter
+
+
+@dataclass
+class FilterResult:
+    """What `CandidateFilter.apply` kept and why it dropped the rest.
+
+    Attributes:
+        accepted: candidates that passed every check, in input order.
+        rejected: reason -> count, reasons being ``invalid_structure``, ``invalid_composition``,
+            ``duplicate`` (of another candidate of the same batch) and ``known``.
+        messages: candidate id -> reason message, for the rejected ones.
+    """
+
+    accepted: list[Candidate] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+
+class CandidateFilter:
+    """Validity, de-duplication and novelty checks applied to every proposal.
+
+    Known structures are indexed by reduced formula (primitive cells, computed once), so a check
+    only runs ``StructureMatcher`` against structures of the same formula, and a growing known set
+    costs only its new members.
+
+    Args:
+        config: tolerances and switches (`FilterConfig`).
+    """
+
+    def __init__(self, config: FilterConfig):
+        from pymatgen.analysis.structure_matcher import StructureMatcher
+
+        self.config = config
+        self._matcher = StructureMatcher(
+            ltol=config.matcher_ltol,
+            stol=config.matcher_stol,
+            angle_tol=config.matcher_angle_tol,
+            primitive_cell=False,  # structures are reduced to primitive cells once, in _prepare
+            scale=True,
+            attempt_supercell=False,
+        )
+        self._known_ids: set[str] = set()
+        self._known: dict[str, list[Structure]] = defaultdict(list)
+
+    @staticmethod
+    def _prepare(structure: Structure) -> Structure:
+        with quiet_spglib():
+            s = _plain(structure)
+            try:
+                return s.get_primitive_structure()
+            except Exception:
+                return s
+
+    @property
+    def n_known(self) -> int:
+        return len(self._known_ids)
+
+    def add_known(self, candidates: Iterable[Candidate]) -> int:
+        """Index candidates as known; returns how many were new to the index."""
+        added = 0
+        for cand in candidates:
+            if cand.id in self._known_ids:
+                continue
+            self._known_ids.add(cand.id)
+            self._known[cand.formula].append(self._prepare(cand.pmg))
+            added += 1
+        return added
+
+    def _matches(self, structure: Structure, pool: Sequence[Structure]) -> bool:
+        with quiet_spglib():
+            for other in pool:
+                try:
+                    if self._matcher.fit(structure, other):
+                        return True
+                except Exception:  # a failed comparison counts as "different"
+                    logger.debug("StructureMatcher failed", exc_info=True)
+        return False
+
+    def apply(self, candidates: Sequence[Candidate], known: Sequence[Candidate] = ()) -> FilterResult:
+        """Check a batch in order: structure, composition, duplicate within batch, novelty.
+
+        Args:
+            candidates: proposals to check.
+            known: structures already known (seeds, evaluated candidates); they are added to the
+                internal index (see `add_known`) before checking. Accepted candidates are *not*
+                added; call `add_known` for those the campaign keeps.
+
+        Returns:
+            `FilterResult` with accepted candidates and rejection counts.
+        """
+        self.add_known(known)
+        result = FilterResult()
+        batch_ids: set[str] = set()
+        batch: dict[str, list[Structure]] = defaultdict(list)
+
+        def reject(cand: Candidate, reason: str, message: str) -> None:
+            result.rejected[reason] = result.rejected.get(reason, 0) + 1
+            result.messages[cand.id] = message
+
+        for cand in candidates:
+            structure = cand.pmg
+            problem = structural_problem(structure, self.config.min_distance_a)
+            if problem:
+                reject(cand, REASON_STRUCTURE, problem)
+                continue
+            if self.config.charge_neutral:
+                problem = composition_problem(structure)
+                if problem:
+                    reject(cand, REASON_COMPOSITION, problem)
+                    continue
+            if cand.id in batch_ids:
+                reject(cand, REASON_DUPLICATE, "same canonical id as an earlier candidate of the batch")
+                continue
+            prepared = self._prepare(structure)
+            if self._matches(prepared, batch[cand.formula]):
+                reject(cand, REASON_DUPLICATE, "matches an earlier candidate of the batch")
+                continue
+            if self.config.novelty:
+                if cand.id in self._known_ids:
+                    reject(cand, REASON_KNOWN, "same canonical id as a known structure")
+                    continue
+                if self._matches(prepared, self._known.get(cand.formula, ())):
+                    reject(cand, REASON_KNOWN, "matches a known structure")
+                    continue
+            batch_ids.add(cand.id)
+            batch[cand.formula].append(prepared)
+            result.accepted.append(cand)
+        if result.rejected:
+            logger.debug("filter rejected %s of %d", result.rejected, len(candidates))
+        return result
+
+
+# ----------------------------------------------------------------------------- ase
+
+
+def to_ase(structure: Structure) -> Atoms:
+    """pymatgen Structure -> ase Atoms (via pymatgen's AseAtomsAdaptor)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return AseAtomsAdaptor.get_atoms(structure)
+
+
+def from_ase(atoms: Atoms) -> Structure:
+    """ase Atoms -> pymatgen Structure (via pymatgen's AseAtomsAdaptor)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return AseAtomsAdaptor.get_structure(atoms)

@@ -1,0 +1,74 @@
+"""Campaign config: defaults, overrides and one-line errors that name file, key and expectation."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from discovery.config import CampaignConfig, flatten, load_config
+from discovery.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_default_campaign_file_validates_and_states_every_section():
+    cfg = load_config(REPO / "configs" / "campaign.yaml")
+    assert cfg.dft.kind == "gpaw" and cfg.execution.backend == "ray"
+    raw = yaml.safe_load((REPO / "configs" / "campaign.yaml").read_text())
+    assert set(raw) == set(CampaignConfig.model_fields), "campaign.yaml should state every section"
+
+
+def test_presets_fill_model_sizes_and_explicit_keys_win(tmp_path):
+    cfg = load_config(write(tmp_path, "surrogate: {preset: faithful, lr: 0.002}\n"))
+    assert cfg.surrogate.n_conv == 3 and cfg.surrogate.atom_fea_len == 64
+    assert cfg.surrogate.lr == 0.002
+
+
+def test_overrides_apply_before_validation(tmp_path):
+    cfg = load_config(write(tmp_path, "rounds: 2\n"), ["rounds=5", "dft.cutoff_ev=450", "policy.kappa=2.5",
+                                                       "generators.0.n_per_round=3"])
+    assert cfg.rounds == 5 and cfg.dft.cutoff_ev == 450 and cfg.policy.kappa == 2.5
+    assert cfg.generators[0].n_per_round == 3
+    with pytest.raises(ConfigError, match="rounds"):
+        load_config(write(tmp_path, "rounds: 2\n"), ["rounds=zero"])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("rounds: [1, 2\n", "malformed YAML at line"),
+    ("roundz: 3\n", "roundz: unknown key"),
+    ("rounds: three\n", "rounds: Input should be a valid integer"),
+    ("chemistry: {elements: [K, Xx, Cl]}\n", "chemistry.elements: Value error, unknown element 'Xx'"),
+    ("dft: {kind: vasp}\n", "dft"),
+    ("data: {cdvae_csv: [{path: missing.csv}]}\n", "data.cdvae_csv.0.path: file not found"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("chemistry: {elements: [K, Cl], reference_phases: [{formula: NaCl, prototype: rocksalt}]}\n",
+     "outside chemistry.elements"),
+])
+def test_bad_input_gives_one_line_naming_file_and_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(path))
+    assert expected in msg
+
+
+def test_missing_campaign_file(tmp_path):
+    with pytest.raises(ConfigError, match="campaign file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_config_is_frozen_and_flattens_for_mlflow():
+    cfg = CampaignConfig()
+    with pytest.raises(Exception):
+        cfg.rounds = 4
+    flat = flatten(cfg.model_dump(mode="json"))
+    assert flat["dft.cutoff_ev"] == cfg.dft.cutoff_ev
+    assert flat["generators.0.kind"] == "substitution"
