@@ -79,12 +79,9 @@ def build_component(spec: ComponentSpec) -> Any:
 
 def seed_candidates(config) -> list:
     """Known structures the campaign starts from: prototypes and the configured datasets."""
-    import logging
-
     from discovery.data import loaders, prototypes
     from discovery.structures import make_candidate
 
-    log = logging.getLogger(__name__)
     elements = config.chemistry.elements
     seeds = []
     if config.data.prototypes:
@@ -93,15 +90,26 @@ def seed_candidates(config) -> list:
     for src in config.data.cdvae_csv:
         loaded = loaders.load_cdvae_csv(src.path, max_rows=src.max_rows,
                                         elements=elements if src.only_campaign_elements else None)
-        log.info("%s: %d structures loaded, %d corrupt rows skipped", src.path, len(loaded.candidates),
-                 loaded.n_corrupt)
+        _report_load(src.path, loaded, "rows")
         seeds += loaded.candidates
     for folder in config.data.cif_dirs:
         loaded = loaders.load_cif_dir(folder, elements=elements)
-        log.info("%s: %d structures loaded, %d corrupt files skipped", folder, len(loaded.candidates),
-                 loaded.n_corrupt)
+        _report_load(folder, loaded, "files")
         seeds += loaded.candidates
     return seeds
+
+
+def _report_load(source, loaded, unit: str) -> None:
+    """Log what a dataset gave; a dataset that is corrupt throughout is a user error."""
+    import logging
+
+    from discovery.errors import DataError
+
+    if loaded.n_corrupt and not loaded.candidates:
+        raise DataError(f"{source}: all {loaded.n_corrupt} {unit} are unreadable ({loaded.errors[0]})")
+    logging.getLogger(__name__).info("%s: %d structures loaded, %d corrupt %s skipped%s", source,
+                                     len(loaded.candidates), loaded.n_corrupt, unit,
+                                     f" (first: {loaded.errors[0]})" if loaded.errors else "")
 
 
 def reference_candidates(config) -> list:

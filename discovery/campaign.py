@@ -285,7 +285,7 @@ class Campaign:
         stats.rejected = dict(result.rejected)
         stats.novel = len(accepted)
         stats.valid = stats.proposed - sum(v for k, v in result.rejected.items()
-                                           if k in ("structure", "composition"))
+                                           if k in ("invalid_structure", "invalid_composition"))
         for c in accepted:
             self.ledger.add_candidate(c)
             self.candidates[c.id] = c

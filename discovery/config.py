@@ -94,6 +94,7 @@ class SubstitutionGeneratorConfig(Strict):
     kind: Literal["substitution"] = "substitution"
     n_per_round: int = Field(40, ge=1)
     max_substitutions: int = Field(2, ge=1, description="sites species swapped per child")
+    hit_weight: float = Field(4.0, ge=1.0, description="sampling weight of DFT hits as parents (others: 1)")
 
 
 class RandomSymmetricGeneratorConfig(Strict):
@@ -136,7 +137,7 @@ CGCNN_PRESETS: dict[str, dict[str, Any]] = {
     "faithful": dict(atom_fea_len=64, h_fea_len=128, n_conv=3, n_h=1, lr=0.01, batch_size=256,
                      max_epochs=30, weight_decay=0.0, patience=30),
     # Same architecture family, losses and early-stopping schedule, sized for 2 cores.
-    "cpu": dict(atom_fea_len=32, h_fea_len=64, n_conv=2, n_h=1, lr=0.005, batch_size=32,
+    "cpu": dict(atom_fea_len=32, h_fea_len=64, n_conv=2, n_h=1, lr=0.005, batch_size=16,
                 max_epochs=300, weight_decay=0.0, patience=40),
 }
 

@@ -56,7 +56,8 @@ WORKER_LOG = "worker.log"
 MEMORY_ENV = "DISCOVERY_WORKER_MEMORY_BYTES"
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "Memory map failed",
-                   "out of memory")
+                   "out of memory", "failed to map segment", "Memory allocation")
+_NEAR_LIMIT = 0.9  # a timed-out worker whose peak address space reached this share hit the cap
 _LOCK_POLL_S = 0.1
 
 
@@ -215,17 +216,22 @@ def run_in_subprocess(workdir: Path, module: str, payload: dict[str, Any], timeo
     try:
         returncode = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
+        peak = _peak_address_space(proc.pid)
         _kill_group(proc)
         done = read_result(workdir)  # finished in the last instant before the kill
         if done is not None:
             return {**done, "reused": done.get("pid") != proc.pid}
-        _append_run(workdir, {"event": "killed", "reason": "Timeout", "pid": proc.pid,
+        error_class, message = "Timeout", f"no result after {timeout_s:.0f} s"
+        if peak is not None and peak >= _NEAR_LIMIT * memory_gb * 1024**3:
+            # BLAS libraries may spin instead of failing when an allocation is refused
+            error_class = "MemoryLimit"
+            message += f"; its address space had reached {peak / 1024**3:.2f} of {memory_gb} GB"
+        _append_run(workdir, {"event": "killed", "reason": error_class, "pid": proc.pid,
                               "host": socket.gethostname(), "started_at": started,
                               "ended_at": time.time()})
-        log.warning("%s: killed after %.0f s (timeout)", workdir, timeout_s)
-        return {**failed_result("Timeout", f"no result after {timeout_s:.0f} s; process group "
-                                f"{proc.pid} killed", pid=proc.pid,
-                                wall_s=time.time() - started), "reused": False}
+        log.warning("%s: killed: %s", workdir, message)
+        return {**failed_result(error_class, f"{message}; process group {proc.pid} killed",
+                                pid=proc.pid, wall_s=time.time() - started), "reused": False}
 
     done = read_result(workdir)
     if done is not None:
@@ -238,6 +244,17 @@ def run_in_subprocess(workdir: Path, module: str, payload: dict[str, Any], timeo
     log.warning("%s: %s: %s", workdir, error_class, message)
     return {**failed_result(error_class, message, tail, pid=proc.pid, wall_s=time.time() - started),
             "reused": False}
+
+
+def _peak_address_space(pid: int) -> int | None:
+    """Peak virtual memory (VmPeak) of a live process in bytes, if /proc tells."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmPeak:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -292,12 +309,15 @@ def worker_main(compute: Callable[[dict[str, Any], Path], dict[str, Any]],
     except EvaluationFailed as exc:
         result = failed_result(exc.error_class, exc.message, traceback.format_exc(),
                                retryable=exc.retryable, **getattr(exc, "details", {}))
-    except MemoryError:
-        result = failed_result("MemoryLimit", "MemoryError inside the worker "
-                               f"(limit {os.environ.get(MEMORY_ENV, '?')} bytes)", traceback.format_exc())
-    except Exception as exc:  # failures are data: every other error is recorded, not raised
-        error_class = classify(exc) if classify else "WorkerError"
-        result = failed_result(error_class, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    except Exception as exc:  # failures are data: every error is recorded, not raised
+        tb = traceback.format_exc()
+        if isinstance(exc, MemoryError) or any(m in tb for m in _MEMORY_MARKERS):
+            limit = int(os.environ.get(MEMORY_ENV, "0")) / 1024**3
+            result = failed_result("MemoryLimit", f"out of memory (limit {limit:.2f} GB): "
+                                   f"{type(exc).__name__}: {str(exc)[-300:]}", tb)
+        else:
+            error_class = classify(exc) if classify else "WorkerError"
+            result = failed_result(error_class, f"{type(exc).__name__}: {exc}", tb)
     ended = time.time()
     result.update(wall_s=time.perf_counter() - wall0, cpu_s=time.process_time() - cpu0,
                   started_at=started, ended_at=ended, host=socket.gethostname(), pid=os.getpid())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from torch_geometric.data import Batch
 
 import discovery.surrogates.cgcnn_ensemble as ens_mod
 from discovery.config import CGCNNEnsembleConfig
-from discovery.errors import DataError, DiscoveryError
+from discovery.errors import ConfigError, DataError, DiscoveryError
 from discovery.featurize.graphs import ATOM_FEATURE_DIM, structure_to_graph
 from discovery.models.cgcnn import CGCNN
 from discovery.protocols import Surrogate
@@ -51,7 +53,9 @@ def _alkali_halides(n: int, seed: int) -> tuple[list[Candidate], np.ndarray]:
 
 
 def _config(**kw) -> CGCNNEnsembleConfig:
-    return CGCNNEnsembleConfig(**{"preset": "cpu", "ensemble_size": 3, "max_epochs": 150, "batch_size": 8, **kw})
+    """The cpu preset, shortened; batches of 8 give 4 optimiser steps per epoch on 32 labels."""
+    return CGCNNEnsembleConfig(**{"preset": "cpu", "ensemble_size": 3, "max_epochs": 150, "batch_size": 8,
+                                  **kw})
 
 
 def _means(preds: list[Prediction]) -> np.ndarray:
@@ -111,7 +115,8 @@ def test_ensemble_fit_learns_and_generalises(data, fitted):
     assert {p.model for p in preds} == {"cgcnn-ensemble"}
     test_mae = np.mean(np.abs(_means(preds) - y_test))
     baseline = np.mean(np.abs(y_train.mean() - y_test))
-    assert test_mae < 0.6 * baseline, (test_mae, baseline)
+    # seeds 0..3 of data and surrogate give 0.28-0.55 of the baseline; 0.7 leaves room for BLAS noise
+    assert test_mae < 0.7 * baseline, (test_mae, baseline)
 
 
 def test_std_is_positive_and_varies_between_candidates(data, fitted):
@@ -134,9 +139,9 @@ def test_predictions_are_reproducible_for_the_same_seed(data, fitted):
     report = again.fit(train, y_train)
     assert report.epochs == fitted[1].epochs
     np.testing.assert_allclose(_means(again.predict(test)), _means(fitted[0].predict(test)), atol=1e-6)
-    other = CGCNNEnsembleSurrogate(_config(max_epochs=20), seed=1)
+    other = CGCNNEnsembleSurrogate(_config(max_epochs=5), seed=1)
     other.fit(train, y_train)
-    reference = CGCNNEnsembleSurrogate(_config(max_epochs=20), seed=0)
+    reference = CGCNNEnsembleSurrogate(_config(max_epochs=5), seed=0)
     reference.fit(train, y_train)
     assert not np.allclose(_means(other.predict(test)), _means(reference.predict(test)))
 
@@ -196,6 +201,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(data, fitted, tmp_pat
     _, _, test, _ = data
     surrogate, report = fitted
     assert report.checkpoint is not None and report.checkpoint.endswith(".pt")
+    assert [p.name for p in Path(report.checkpoint).parent.iterdir()] == [Path(report.checkpoint).name]
     restored = CGCNNEnsembleSurrogate(_config(), seed=123)
     restored.load(report.checkpoint)
     assert restored.is_fitted
@@ -229,3 +235,23 @@ def test_checkpoint_with_another_config_raises_data_error(fitted):
         mismatched.load(fitted[1].checkpoint)
     assert fitted[1].checkpoint in str(info.value)
     assert not mismatched.is_fitted
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_without_a_gpu_is_a_config_error():
+    with pytest.raises(ConfigError, match="surrogate.device"):
+        CGCNNEnsembleSurrogate(_config(device="cuda"), seed=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fit_predict_and_checkpoint_load_on_cpu(data, tmp_path):
+    train, y_train, test, _ = data
+    gpu = CGCNNEnsembleSurrogate(_config(device="cuda", max_epochs=10), seed=0)
+    gpu.fit(train, y_train)
+    preds = gpu.predict(test)
+    cpu = CGCNNEnsembleSurrogate(_config(device="cpu", max_epochs=10), seed=0)
+    cpu.load(gpu.save(tmp_path / "gpu.pt"))  # device is not part of the checkpoint identity
+    np.testing.assert_allclose(_means(cpu.predict(test)), _means(preds), atol=1e-4)

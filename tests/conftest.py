@@ -1,0 +1,40 @@
+"""Shared fixtures. Tests that start Ray or MLflow rely on the README test command running them in a
+loopback-only network namespace; these env vars keep both quiet even outside one."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+BIN = Path(sys.executable).parent / "discovery"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared benchmark data (../shared/data or DISCOVERY_DATA_DIR); skips when absent."""
+    from discovery.data.loaders import default_data_dir
+
+    path = default_data_dir()
+    if not (path / "perov_5" / "val.csv").is_file():
+        pytest.skip(f"shared data folder not found at {path} (set DISCOVERY_DATA_DIR)")
+    return path
+
+
+def discovery_cli(*args, timeout=1200, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed ``discovery`` command and capture its output."""
+    return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          **kwargs)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    if shutil.which(str(BIN)) is None:
+        pytest.skip("the discovery console script is not installed in this environment")
+    return discovery_cli
