@@ -196,7 +196,7 @@ class GPAWConfig(Strict):
     """
 
     kind: Literal["gpaw"] = "gpaw"
-    xc: Literal["PBE", "LDA", "PBEsol"] = "PBE"
+    xc: Literal["PBE", "LDA"] = "PBE"  # gpaw-data ships PBE and LDA setups only
     cutoff_ev: float = Field(600.0, ge=200)
     cutoff_ev_o_f: float = Field(800.0, ge=200, description="used when O or F is present (DFT.md)")
     kpt_density: float = Field(2.0, gt=0)

@@ -64,7 +64,8 @@ class EMTOracle:
         elements = {el.symbol for el in Composition(candidate.formula).elements}
         unsupported = sorted(elements - EMT_ELEMENTS)
         if unsupported:
-            return Failure(error_class="UnsupportedElement", message=f"EMT has no parameters for {unsupported}")
+            return Failure(error_class="UnsupportedElement",
+                           message=f"EMT has no parameters for {unsupported}")
         return None
 
     def evaluate(self, candidate: Candidate) -> Evaluation:

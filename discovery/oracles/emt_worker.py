@@ -34,6 +34,7 @@ def compute(payload: dict[str, Any], workdir: Path) -> dict[str, Any]:
         EvaluationFailed: ``UnsupportedElement`` for elements EMT has no parameters for.
     """
     import ase
+    from ase import Atoms
     from ase.calculators.emt import EMT
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
@@ -48,7 +49,8 @@ def compute(payload: dict[str, Any], workdir: Path) -> dict[str, Any]:
     if settings.get("delay_s", 0.0) > 0:
         time.sleep(settings["delay_s"])
 
-    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms = Atoms([site.specie.symbol for site in structure], positions=structure.cart_coords,
+                  cell=structure.lattice.matrix, pbc=True)
     atoms.calc = EMT()
     n = len(atoms)
     e0, v0 = atoms.get_potential_energy(), atoms.get_volume()

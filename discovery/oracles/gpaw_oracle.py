@@ -88,7 +88,8 @@ def min_distance_violation(structure) -> tuple[float, float, str] | None:
 
     z = [site.specie.Z for site in structure]
     radii = np.array([covalent_radii[n] for n in z])
-    thresholds = np.maximum(MIN_DISTANCE_A, MIN_DISTANCE_COVALENT_FRACTION * (radii[:, None] + radii[None, :]))
+    pair_radii = radii[:, None] + radii[None, :]
+    thresholds = np.maximum(MIN_DISTANCE_A, MIN_DISTANCE_COVALENT_FRACTION * pair_radii)
     dist = np.array(structure.distance_matrix, dtype=float)
     shortest_vector = min(structure.lattice.get_lll_reduced_lattice().abc)
     np.fill_diagonal(dist, shortest_vector)
@@ -181,13 +182,20 @@ class GPAWOracle:
         """Cheap checks in the parent that spare GPAW inputs it would crash, hang or lie on.
 
         Returns:
-            A `Failure` (``SetupMissing``, ``DegenerateCell``, ``AtomsTooClose``,
-            ``VolumeTooLarge`` or ``TooManyPlaneWaves``), or None when the candidate may run.
+            A `Failure` (``InvalidStructure``, ``SetupMissing``, ``DegenerateCell``,
+            ``AtomsTooClose``, ``VolumeTooLarge`` or ``TooManyPlaneWaves``), or None when the
+            candidate may run.
         """
         from pymatgen.core import Structure
 
         cfg = self.config
-        structure = Structure.from_dict(candidate.structure)
+        try:
+            structure = Structure.from_dict(candidate.structure)
+        except Exception as exc:  # pymatgen raises many types for a malformed dict
+            return Failure(error_class="InvalidStructure", message=f"{type(exc).__name__}: {exc}")
+        if not structure.is_ordered or len(structure) == 0:
+            return Failure(error_class="InvalidStructure",
+                           message="DFT needs an ordered structure with at least one site")
         molecule = candidate.conditions.get("calc") == "molecule"
         symbols = {el.symbol for el in structure.composition.elements}
         missing = sorted(s for s in symbols if not setup_available(s, cfg.xc))
@@ -202,7 +210,8 @@ class GPAWOracle:
             d, limit, pair = close
             return Failure(error_class="AtomsTooClose",
                            message=f"{pair} distance {d:.3f} A < {limit:.3f} A "
-                                   f"(max({MIN_DISTANCE_A}, {MIN_DISTANCE_COVALENT_FRACTION} x covalent radii))")
+                                   f"(max({MIN_DISTANCE_A}, {MIN_DISTANCE_COVALENT_FRACTION} "
+                                   "x covalent radii))")
         per_atom = volume / len(structure)
         if not molecule and per_atom > cfg.max_volume_per_atom_a3:
             return Failure(error_class="VolumeTooLarge",

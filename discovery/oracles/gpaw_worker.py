@@ -195,7 +195,8 @@ def post_check(out: dict[str, Any], n_atoms: int, settings: dict[str, Any], cell
         problems.append(f"relaxation raised the energy by {rise:.3f} eV/atom")
     if abs(out["volume_change"]) > MAX_VOLUME_CHANGE:
         problems.append(f"volume changed by {100 * out['volume_change']:+.1f} %")
-    if cell_relaxed and out["max_stress_gpa"] is not None and out["max_stress_gpa"] > settings["max_stress_gpa"]:
+    stress = out["max_stress_gpa"]
+    if cell_relaxed and stress is not None and stress > settings["max_stress_gpa"]:
         problems.append(f"residual stress {out['max_stress_gpa']:.2f} GPa > {settings['max_stress_gpa']} GPa")
     if problems:
         raise PostCheckFailed("; ".join(problems), {k: v for k, v in out.items() if k != "structure"})
@@ -217,8 +218,8 @@ def compute(payload: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
     settings, calc = payload["settings"], payload.get("calc")
     structure = Structure.from_dict(payload["structure"])
-    atoms = AseAtomsAdaptor.get_atoms(structure)
-    symbols = atoms.get_chemical_symbols()
+    symbols = [site.specie.symbol for site in structure]  # oxidation states dropped
+    atoms = Atoms(symbols, positions=structure.cart_coords, cell=structure.lattice.matrix, pbc=True)
     magmoms = initial_magmoms(symbols, [int(z) for z in atoms.numbers], settings["spin"], calc,
                               structure.site_properties.get("magmom"))
     atoms.set_initial_magnetic_moments(magmoms if magmoms is not None else [0.0] * len(atoms))

@@ -40,6 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -66,12 +67,16 @@ _LOCK_POLL_S = 0.1
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON so that readers see either the old file or the complete new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_result(workdir: Path) -> dict[str, Any] | None:
@@ -103,8 +108,10 @@ def count_completed_runs(workdir: Path) -> int:
         return 0
     n = 0
     for line in path.read_text().splitlines():
-        if line.strip() and json.loads(line).get("event") == "completed":
-            n += 1
+        try:
+            n += json.loads(line).get("event") == "completed"
+        except json.JSONDecodeError:  # a line cut short by a crash of its writer
+            continue
     return n
 
 
@@ -145,9 +152,12 @@ def _wait_for_lock(workdir: Path, deadline: float) -> bool:
         os.close(fd)
 
 
-def _log_tail(workdir: Path, n_chars: int = 4000) -> str:
+def _log_tail(workdir: Path, offset: int, n_chars: int = 4000) -> str:
+    """The end of what the worker wrote to ``worker.log`` after byte ``offset`` (this run only)."""
     try:
-        return (Path(workdir) / WORKER_LOG).read_text(errors="replace")[-n_chars:]
+        with open(Path(workdir) / WORKER_LOG, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")[-n_chars:]
     except FileNotFoundError:
         return ""
 
@@ -208,6 +218,7 @@ def run_in_subprocess(workdir: Path, module: str, payload: dict[str, Any], timeo
     env[MEMORY_ENV] = str(int(memory_gb * 1024**3))
     started = time.time()
     with open(workdir / WORKER_LOG, "ab") as out:
+        log_offset = out.tell()
         proc = subprocess.Popen([sys.executable, "-m", module, str(workdir)], cwd=workdir, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -236,7 +247,7 @@ def run_in_subprocess(workdir: Path, module: str, payload: dict[str, Any], timeo
     done = read_result(workdir)
     if done is not None:
         return {**done, "reused": done.get("pid") != proc.pid}
-    tail = _log_tail(workdir)
+    tail = _log_tail(workdir, log_offset)
     error_class, message = _classify_exit(returncode, tail, memory_gb)
     _append_run(workdir, {"event": "crashed", "reason": error_class, "returncode": returncode,
                           "pid": proc.pid, "host": socket.gethostname(), "started_at": started,

@@ -116,6 +116,28 @@ def test_emt_concurrent_callers_share_one_run(tmp_path):
     assert count_completed_runs(tmp_path) == 1
 
 
+def test_emt_simultaneous_callers_that_all_start_workers_compute_once(tmp_path):
+    # Started together, all callers find the lock free and start a worker; the workers
+    # serialise on the lock and only the first computes.
+    barrier = threading.Barrier(3)
+    results: list[dict] = []
+
+    def call():
+        barrier.wait()
+        results.append(run_in_subprocess(tmp_path, EMT_WORKER, emt_payload(delay_s=1.0),
+                                         timeout_s=60, memory_gb=2.0))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [r["status"] for r in results] == ["ok"] * 3
+    assert len({r["energy_per_atom"] for r in results}) == 1
+    assert sorted(r["reused"] for r in results) == [False, True, True]
+    assert count_completed_runs(tmp_path) == 1
+
+
 def test_emt_orphaned_worker_finishes_after_driver_is_killed(tmp_path):
     workdir = tmp_path / "calc"
     driver_code = textwrap.dedent(f"""
@@ -167,7 +189,8 @@ def test_emt_unsupported_element_is_stored_as_a_failure(tmp_path):
 def test_emt_oracle_evaluation_and_resume(tmp_path):
     oracle = EMTOracle(EMTConfig(), tmp_path)
     s = cu_structure()
-    cand = Candidate(id="cu-fcc", structure=s.as_dict(), formula=s.composition.reduced_formula, generator="test")
+    cand = Candidate(id="cu-fcc", structure=s.as_dict(), formula=s.composition.reduced_formula,
+                     generator="test")
     first = oracle.evaluate(cand)
     assert first.ok and first.fidelity == Fidelity.EMT
     assert first.oracle_fingerprint == oracle.fingerprint
