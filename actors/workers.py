@@ -11,8 +11,9 @@ from discovery.executor import guarded_evaluate
 from discovery.records import Candidate, Evaluation
 
 # One BLAS/OpenMP/torch thread per worker: parallelism comes from running several workers.
-SINGLE_THREAD_ENV = {"env_vars": {v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                      "OPENBLAS_NUM_THREADS")}}
+SINGLE_THREAD_ENV = {"env_vars": {**{v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                         "OPENBLAS_NUM_THREADS")},
+                                   "PYTHONWARNINGS": "ignore"}}  # library chatter, not errors
 
 
 @ray.remote(max_restarts=1, max_task_retries=1)

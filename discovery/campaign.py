@@ -143,8 +143,9 @@ class Campaign:
             self.reporter.close()
 
     def _queue_low(self) -> bool:
-        """Plan the next round once the DFT queue no longer covers the slots."""
-        return self.executor.outstanding <= self.config.execution.dft_slots
+        """Plan the next round while every slot still has one calculation queued behind the running
+        one, so planning (training, proposing, CHGNet) overlaps DFT instead of idling slots."""
+        return self.executor.outstanding <= 2 * self.config.execution.dft_slots
 
     # ================================================================ resume
 

@@ -44,9 +44,12 @@ def _parser() -> argparse.ArgumentParser:
 def _configure_logging(verbose: bool, console) -> None:
     from rich.logging import RichHandler
 
-    handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False)
+    handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False,
+                          omit_repeated_times=False, log_time_format="[%X]")
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
     logging.getLogger("discovery").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # per-calculation chatter; the campaign reports each result itself
+        logging.getLogger("discovery.oracles").setLevel(logging.WARNING)
     for noisy in ("mlflow", "alembic", "ray", "urllib3", "matplotlib", "pymatgen", "pyxtal"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -81,8 +84,8 @@ def print_table(status: dict, console) -> None:
     from rich.table import Table
 
     table = Table(title=f"{status['name']}: DFT-validated candidates, ranked by energy above hull")
-    for col in ("#", "formula", "E_f (eV/atom)", "E_hull (eV/atom)", "vs refs (eV/atom)", "generator",
-                "round", "id"):
+    for col in ("#", "formula", "E_f (eV/atom)", "E_hull (eV/atom)", "vs refs (eV/atom)", "novel",
+                "generator", "round", "id"):
         table.add_column(col, justify="right" if col not in ("formula", "generator", "id") else "left")
 
     def fmt(x):
@@ -90,8 +93,12 @@ def print_table(status: dict, console) -> None:
 
     for i, row in enumerate(status["best"], 1):
         table.add_row(str(i), row["formula"], fmt(row["formation_energy_per_atom"]), fmt(row["e_above_hull"]),
-                      fmt(row["e_above_reference_hull"]), row["generator"], str(row["round"]), row["id"])
+                      fmt(row["e_above_reference_hull"]), "yes" if row["novel"] else "no", row["generator"], str(row["round"]), row["id"])
     console.print(table)
+    console.print(
+        f"hits: novel structures (not a relaxed reference or an earlier result) within "
+        f"{status['hit_e_above_hull_ev']} eV/atom of the campaign hull; 'vs refs' < 0 means below the "
+        "hull of the reference phases alone")
     console.print(
         f"rounds {status['rounds']} | proposed {status['candidates_proposed']} | valid "
         f"{status['candidates_valid']} | novel {status['candidates_novel']} | CHGNet relaxed "
@@ -99,6 +106,13 @@ def print_table(status: dict, console) -> None:
         f"(+{status['dft_references_completed']} references) | repeated {status['dft_repeated']} | hits "
         f"{status['hits']} (E_hull <= {status['hit_e_above_hull_ev']} eV/atom) | wall {status['wall_s']:.0f} s | "
         f"DFT busy {100 * status['dft_busy_fraction']:.0f} %")
+
+
+def _stdout_console():
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 def cmd_run(args, console) -> int:
@@ -124,7 +138,7 @@ def cmd_run(args, console) -> int:
         tracker.log_metrics({k: status[k] for k in ("dft_completed", "dft_failed", "hits", "wall_s",
                                                    "dft_busy_fraction", "dft_repeated")}, step=status["rounds"])
         tracker.close(status_word)
-    print_table(status, console)
+    print_table(status, _stdout_console())
     console.print(f"campaign folder: {prepared.out_dir}")
     return 0
 
@@ -158,7 +172,7 @@ def cmd_status(args, console) -> int:
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     else:
-        print_table(status, console)
+        print_table(status, _stdout_console())
     return 0
 
 
@@ -166,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     args = _parser().parse_args(argv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, log_path=False)
     _configure_logging(args.verbose, console)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

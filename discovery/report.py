@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from pymatgen.core import Structure
 
 from discovery.errors import LedgerError
 from discovery.ledger.sqlite import SqliteLedger
+from discovery.oracles.subprocess_runner import count_completed_runs
 from discovery.records import Evaluation, Fidelity
 from discovery.thermo import Hull
 
@@ -58,14 +58,6 @@ def _wall_s(ledger: SqliteLedger, running: bool) -> float:
     return total
 
 
-def _count_runs(workdir: Path) -> int:
-    runs = workdir / "runs.jsonl"
-    if not runs.is_file():
-        return 0
-    return sum(1 for line in runs.read_text().splitlines()
-               if line.strip() and json.loads(line).get("completed", True))
-
-
 def campaign_status(out_dir: str | Path) -> dict[str, Any]:
     """Counts, best candidates and DFT utilisation of the campaign in ``out_dir``.
 
@@ -94,6 +86,7 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
     cand_dft = {i: e for i, e in dft.items() if i not in refs}
     hull = Hull([dft[i] for i in refs if i in dft and dft[i].ok], [e for e in cand_dft.values() if e.ok])
 
+    known_after_relax = _rediscovered(cand_dft, [dft[i] for i in refs if i in dft and dft[i].ok])
     best = []
     for cid, ev in cand_dft.items():
         if not ev.ok:
@@ -108,18 +101,19 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
             "formation_energy_per_atom": res.formation_energy_per_atom if res else None,
             "e_above_hull": res.e_above_hull if res else None,
             "e_above_reference_hull": res.e_above_reference_hull if res else None,
+            "novel": cid not in known_after_relax,
             "dft_wall_s": ev.provenance.wall_s,
         })
-    curve = [r["e_above_hull"] for r in best]  # ledger order = order of completion
+    curve = [(r["e_above_hull"], r["novel"]) for r in best]  # ledger order = order of completion
     best.sort(key=lambda r: (r["e_above_hull"] is None, r["e_above_hull"] or 0.0,
                              r["formation_energy_per_atom"] or 0.0))
     threshold = meta.get("hit_e_above_hull_ev", 0.05)
-    hits = [r for r in best if r["e_above_hull"] is not None and r["e_above_hull"] <= threshold]
+    hits = [r for r in best if r["novel"] and r["e_above_hull"] is not None and r["e_above_hull"] <= threshold]
 
     # a calculation is repeated when its work folder logged more than one completed run, or when
     # the ledger holds two results for the same (candidate, settings) key
     work = out_dir / "work" / "dft" / str(dft_fp)
-    repeated = sum(max(0, _count_runs(d) - 1) for d in work.iterdir()) if work.is_dir() else 0
+    repeated = sum(max(0, count_completed_runs(d) - 1) for d in work.iterdir()) if work.is_dir() else 0
     repeated += len(eval_keys) - len(set(eval_keys))
 
     slots = meta.get("dft_slots", 1)
@@ -157,6 +151,32 @@ def _failure_classes(evals) -> dict[str, int]:
         if not e.ok and e.failure is not None:
             out[e.failure.error_class] = out.get(e.failure.error_class, 0) + 1
     return out
+
+
+def _rediscovered(cand_dft: dict[str, Evaluation], refs: list[Evaluation]) -> set[str]:
+    """Candidates whose relaxed structure matches a reference or an earlier validated candidate.
+
+    Generators propose structures that are new before relaxation; DFT may relax one into a known
+    phase. Such a result is still data, but not a discovery, so it never counts as a hit.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher()
+    seen: dict[str, list[Structure]] = {}
+    for ev in refs:
+        s = Structure.from_dict(ev.relaxed_structure)
+        seen.setdefault(s.composition.reduced_formula, []).append(s)
+    repeated = set()
+    for cid, ev in cand_dft.items():
+        if not ev.ok:
+            continue
+        s = Structure.from_dict(ev.relaxed_structure)
+        group = seen.setdefault(s.composition.reduced_formula, [])
+        if any(matcher.fit(s, other) for other in group):
+            repeated.add(cid)
+        else:
+            group.append(s)
+    return repeated
 
 
 def _unique_structures(evals: list[Evaluation]) -> int:
@@ -237,17 +257,17 @@ def plot_discovery_curve(out_dir: Path, status: dict[str, Any]) -> Path:
     if curve:
         xs = list(range(1, len(curve) + 1))
         best, hits, running, n = [], [], float("inf"), 0
-        for e_hull in curve:
+        for e_hull, novel in curve:
             if e_hull is not None:
                 running = min(running, e_hull)
-                n += e_hull <= status["hit_e_above_hull_ev"]
+                n += novel and e_hull <= status["hit_e_above_hull_ev"]
             best.append(running if running < float("inf") else float("nan"))
             hits.append(n)
         ax.plot(xs, best, "o-", label="best E above hull")
         ax.set_ylabel("best E above hull (eV/atom)")
         ax2 = ax.twinx()
         ax2.step(xs, hits, where="post", color="tab:orange", label="hits")
-        ax2.set_ylabel("hits (DFT-validated)")
+        ax2.set_ylabel("hits (novel, DFT-validated)")
     ax.set_xlabel("DFT calculations")
     ax.set_title(f"{status.get('name')}: discovery curve")
     fig.tight_layout()
