@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.handlers
 import os
 import sys
 import warnings
@@ -41,18 +42,46 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _configure_logging(verbose: bool, console) -> None:
+class HeldLogs(logging.handlers.MemoryHandler):
+    """Holds log records while input is validated: on success they are shown, on a user error
+    they are dropped so the error is the one line the user sees."""
+
+    def __init__(self, target: logging.Handler):
+        super().__init__(capacity=10_000, flushLevel=logging.CRITICAL + 1, target=target, flushOnClose=False)
+        self.passthrough = False
+
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.passthrough:
+            self.target.handle(record)
+        else:
+            super().emit(record)
+
+    def show(self) -> None:
+        super().flush()
+        self.passthrough = True
+
+    def discard(self) -> None:
+        with self.lock:
+            self.buffer.clear()
+
+
+def _configure_logging(verbose: bool, console) -> HeldLogs:
     from rich.logging import RichHandler
 
     handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False,
                           omit_repeated_times=False, log_time_format="[%X]")
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
+    held = HeldLogs(handler)
+    logging.basicConfig(level=logging.WARNING, handlers=[held], format="%(message)s")
     logging.getLogger("discovery").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:  # per-calculation chatter; the campaign reports each result itself
         logging.getLogger("discovery.oracles").setLevel(logging.WARNING)
     for noisy in ("mlflow", "alembic", "ray", "urllib3", "matplotlib", "pymatgen", "pyxtal"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
+    return held
 
 
 class RichReporter:
@@ -67,7 +96,7 @@ class RichReporter:
         self.task = None
 
     def status(self, message: str) -> None:
-        self.console.log(message)
+        logging.getLogger("discovery.campaign").info(message)
 
     def dft_progress(self, done: int, total: int) -> None:
         if self.task is None:
@@ -124,6 +153,7 @@ def cmd_run(args, console) -> int:
     out = args.out or Path("runs") / config.name
     reporter = RichReporter(console)
     prepared = prepare(config, out, resume=args.resume, address=args.address, reporter=reporter)
+    args.held_logs.show()
     status_word = "FAILED"
     try:
         prepared.campaign.run()
@@ -181,17 +211,21 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     console = Console(stderr=True, log_path=False)
-    _configure_logging(args.verbose, console)
+    held = args.held_logs = _configure_logging(args.verbose, console)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     handlers = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status}
     try:
-        return handlers[args.command](args, console)
+        code = handlers[args.command](args, console)
+        held.show()
+        return code
     except USER_ERRORS as exc:
+        held.discard()
         print(f"discovery: error: {exc}", file=sys.stderr)
         return 2
     except DiscoveryError as exc:
+        held.show()
         print(f"discovery: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
