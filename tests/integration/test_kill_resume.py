@@ -20,12 +20,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.dft]
 BIN = Path(sys.executable).parent / "discovery"
 
 
-def count(db: Path, kind: str) -> int:
+QUERIES = {
+    "submission": "SELECT COUNT(*) FROM records WHERE kind = 'submission'",
+    # DFT results: evaluations whose key (candidate|settings) was submitted to the DFT pool
+    "dft": "SELECT COUNT(*) FROM records WHERE kind = 'evaluation' AND key IN "
+           "(SELECT key FROM records WHERE kind = 'submission')",
+}
+
+
+def count(db: Path, what: str) -> int:
     if not db.exists():
         return 0
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        n = con.execute("SELECT COUNT(*) FROM records WHERE kind = ?", (kind,)).fetchone()[0]
+        n = con.execute(QUERIES[what]).fetchone()[0]
         con.close()
         return n
     except sqlite3.OperationalError:
@@ -40,13 +48,13 @@ def test_sigkill_mid_campaign_then_resume_loses_and_repeats_nothing(tmp_path, cl
                               stderr=subprocess.DEVNULL)
     db = out / "ledger.sqlite"
     deadline = time.time() + 600
-    while count(db, "evaluation") == 0 and time.time() < deadline and driver.poll() is None:
+    while count(db, "dft") == 0 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
     assert driver.poll() is None, "the campaign ended before it could be killed"
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     submitted_at_kill = count(db, "submission")
-    assert count(db, "evaluation") < submitted_at_kill, "the kill should leave calculations in flight"
+    assert count(db, "dft") < submitted_at_kill, "the kill should leave calculations in flight"
 
     proc = cli("run", cfg, "--out", out, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
