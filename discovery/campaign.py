@@ -118,6 +118,7 @@ class Campaign:
         self.next_round = 0
         self.round_open: dict[int, set[str]] = {}
         self.surrogate_fitted = False
+        self.scored_by: dict[int, str] = {}  # round -> "surrogate" | "mlip-prior"
 
     # ================================================================ run
 
@@ -158,7 +159,8 @@ class Campaign:
                 self.mlip[e.candidate_id] = e
         for sel in self.ledger.selections():
             self.predicted.update(sel.predictions)
-        rounds = [r for _, r, _, _ in self.ledger.rows("round")]
+        rounds = {r: p for _, r, p, _ in self.ledger.rows("round")}
+        self.scored_by = {r: p["scored_by"] for r, p in rounds.items()}
         self.next_round = max(rounds) + 1 if rounds else 0
         self.filter.add_known([c for c in self.candidates.values()])
         resubmit = []
@@ -294,7 +296,7 @@ class Campaign:
 
         # score
         preds = self._predict(accepted, hull)
-        stats.scored_by = "surrogate" if preds is not None else "mlip-prior"
+        stats.scored_by = self.scored_by[rnd] = "surrogate" if preds is not None else "mlip-prior"
 
         # screen with the MLIP
         pool, pool_preds = self._screen(rnd, accepted, preds, stats)
@@ -363,7 +365,7 @@ class Campaign:
             return None
         out = {}
         for cand, pred in zip(pool, self.executor.call("surrogate", "predict", pool), strict=True):
-            ref = hull.hull_formation_energy(cand.pmg.composition)
+            ref = hull.reference_hull_formation_energy(cand.pmg.composition)
             if ref is not None:
                 out[cand.id] = (pred.mean - ref, pred.std)
         return out

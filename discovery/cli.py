@@ -10,6 +10,7 @@ import json
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -206,6 +207,10 @@ def cmd_status(args, console) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
@@ -215,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    # SIGTERM (batch schedulers, `kill`) stops as cleanly as Ctrl-C: actors and workers are shut down
+    signal.signal(signal.SIGTERM, _interrupt)
     handlers = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status}
     try:
         code = handlers[args.command](args, console)

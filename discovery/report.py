@@ -217,8 +217,9 @@ def round_metrics(campaign: Campaign, rnd: int) -> dict[str, float]:
     if best_ef is not None:
         metrics["best_formation_energy"] = best_ef
         metrics["best_e_above_hull"] = best_eh
-    if errors:
-        metrics["prediction_mae_e_hull"] = sum(errors) / len(errors)
+    if errors:  # how well the model that ranked this round predicted what DFT then found
+        model = campaign.scored_by.get(rnd, "surrogate").replace("-", "_")
+        metrics[f"{model}_mae_new_dft"] = sum(errors) / len(errors)
     return metrics
 
 

@@ -78,13 +78,17 @@ class Hull:
         eref = self._ref_pd.get_e_above_hull(entry, allow_negative=True)
         return ThermoResult(float(ef), max(0.0, float(ehull)), float(eref))
 
-    def hull_formation_energy(self, composition: Composition) -> float | None:
-        """Formation energy per atom of the hull at this composition (for predicted e_hull)."""
+    def reference_hull_formation_energy(self, composition: Composition) -> float | None:
+        """Formation energy per atom of the references' hull at this composition.
+
+        A predicted formation energy minus this is a predicted ``e_above_reference_hull``, the
+        quantity policies rank on (the references' hull does not move while a round is planned).
+        """
         if not self.covers(composition):
             return None
-        e_hull_total = self._pd.get_hull_energy_per_atom(composition)
-        entry = PDEntry(composition, e_hull_total * composition.num_atoms)
-        return float(self._pd.get_form_energy_per_atom(entry))
+        e_hull = self._ref_pd.get_hull_energy_per_atom(composition)
+        entry = PDEntry(composition, e_hull * composition.num_atoms)
+        return float(self._ref_pd.get_form_energy_per_atom(entry))
 
     def formation_energy(self, composition: Composition, energy_per_atom: float) -> float | None:
         if not self.covers(composition):

@@ -84,8 +84,10 @@ class EMTOracle:
         from discovery.oracles.subprocess_runner import run_in_subprocess
 
         folder = self.work_folder(candidate.id)
-        payload = {"candidate_id": candidate.id, "structure": candidate.structure,
-                   "settings": self.config.model_dump(mode="json")}
+        settings = self.config.model_dump(mode="json")
+        if "delay_s" in candidate.conditions:  # tests emulate calculations of unequal length
+            settings["delay_s"] = float(candidate.conditions["delay_s"])
+        payload = {"candidate_id": candidate.id, "structure": candidate.structure, "settings": settings}
         result = run_in_subprocess(folder, WORKER_MODULE, payload, timeout_s=self.config.timeout_s,
                                    memory_gb=self.config.memory_gb, threads=1)
         return evaluation_from_result(candidate, result, extra={"work_folder": str(folder)}, **common)

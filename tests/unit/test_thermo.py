@@ -28,7 +28,7 @@ def test_formation_energy_and_hull_distance():
     assert hull.evaluate(Composition("NaCl"), -3.4).e_above_hull == pytest.approx(0.1)
     # NaCl2 between NaCl and Cl2: hull energy at x(Cl)=2/3 is (2 * -3.5 + 1 * -2) / 3 = -3.0
     assert hull.evaluate(Composition("NaCl2"), -2.9).e_above_hull == pytest.approx(0.1)
-    assert hull.hull_formation_energy(Composition("NaCl2")) == pytest.approx(-4 / 3)
+    assert hull.reference_hull_formation_energy(Composition("NaCl2")) == pytest.approx(-4 / 3)
 
 
 def test_new_stable_phase_is_below_the_reference_hull():
