@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import queue
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -22,12 +21,13 @@ import ray
 from discovery.actors.workers import SINGLE_THREAD_ENV, ComponentActor, DFTActor
 from discovery.build import ComponentSpec
 from discovery.errors import InfrastructureError
+from discovery.executor import DFTResultQueue
 from discovery.records import Candidate, Evaluation, Failure, Provenance
 
 log = logging.getLogger(__name__)
 
 
-class RayExecutor:
+class RayExecutor(DFTResultQueue):
     """Run the campaign's work on Ray.
 
     Args:
@@ -37,15 +37,13 @@ class RayExecutor:
     """
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        super().__init__()
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
         self.dft_slots = 0
         self._actors: dict[str, Any] = {}
         self._dft_actors: list[Any] = []
         self._pending: collections.deque[Candidate] = collections.deque()
-        self._done: queue.Queue[Evaluation] = queue.Queue()
-        self._outstanding = 0
-        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -105,26 +103,10 @@ class RayExecutor:
     # ---------------------------------------------------------------- DFT pool
 
     def submit_dft(self, candidate: Candidate) -> None:
+        self._queued()
         with self._lock:
             self._pending.append(candidate)
-            self._outstanding += 1
         self._wake.set()
-
-    def completed(self, timeout_s: float) -> list[Evaluation]:
-        out: list[Evaluation] = []
-        try:
-            out.append(self._done.get(timeout=timeout_s) if timeout_s > 0 else self._done.get_nowait())
-            while True:
-                out.append(self._done.get_nowait())
-        except queue.Empty:
-            pass
-        with self._lock:
-            self._outstanding -= len(out)
-        return out
-
-    @property
-    def outstanding(self) -> int:
-        return self._outstanding
 
     def _dispatch(self) -> None:
         idle = list(self._dft_actors)

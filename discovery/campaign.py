@@ -411,10 +411,15 @@ class Campaign:
                           model=model, round=rnd)
 
     def _dft_start(self, cand: Candidate) -> Candidate:
-        """DFT starts from the MLIP-relaxed structure when there is one."""
+        """DFT starts from the MLIP-relaxed structure, symmetrised, when there is one."""
+        from pymatgen.core import Structure
+
+        from discovery.structures import symmetrized
+
         ev = self.mlip.get(cand.id)
         if ev is not None and ev.ok:
-            return cand.model_copy(update={"structure": ev.relaxed_structure,
+            start = symmetrized(Structure.from_dict(ev.relaxed_structure))
+            return cand.model_copy(update={"structure": start.as_dict(),
                                            "conditions": {**cand.conditions, "start": "mlip-relaxed"}})
         return cand
 

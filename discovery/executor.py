@@ -64,17 +64,46 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-class LocalExecutor:
+class DFTResultQueue:
+    """Book-keeping shared by executors: finished evaluations wait in a queue for the driver."""
+
+    def __init__(self) -> None:
+        self._done: queue.Queue[Evaluation] = queue.Queue()
+        self._outstanding = 0
+        self._lock = threading.Lock()
+
+    def _queued(self) -> None:
+        with self._lock:
+            self._outstanding += 1
+
+    def completed(self, timeout_s: float) -> list[Evaluation]:
+        """Finished evaluations; waits up to ``timeout_s`` for the first one."""
+        out: list[Evaluation] = []
+        try:
+            out.append(self._done.get(timeout=timeout_s) if timeout_s > 0 else self._done.get_nowait())
+            while True:
+                out.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        with self._lock:
+            self._outstanding -= len(out)
+        return out
+
+    @property
+    def outstanding(self) -> int:
+        """Evaluations queued or running whose results the driver has not taken yet."""
+        return self._outstanding
+
+
+class LocalExecutor(DFTResultQueue):
     """All components in this process; DFT slots are threads that each wait on a subprocess."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.components: dict[str, Any] = {}
         self.dft_slots = 0
         self._oracle = None
         self._pool: ThreadPoolExecutor | None = None
-        self._done: queue.Queue[Evaluation] = queue.Queue()
-        self._outstanding = 0
-        self._lock = threading.Lock()
 
     def start(self, components: dict[str, ComponentSpec], dft: ComponentSpec, dft_slots: int) -> None:
         self.components = {name: build_component(spec) for name, spec in components.items()}
@@ -89,26 +118,9 @@ class LocalExecutor:
         return [self.call(name, method, *args) for name, method, args in calls]
 
     def submit_dft(self, candidate: Candidate) -> None:
-        with self._lock:
-            self._outstanding += 1
+        self._queued()
         future = self._pool.submit(guarded_evaluate, self._oracle, candidate)
         future.add_done_callback(lambda f: self._done.put(f.result()))
-
-    def completed(self, timeout_s: float) -> list[Evaluation]:
-        out: list[Evaluation] = []
-        try:
-            out.append(self._done.get(timeout=timeout_s) if timeout_s > 0 else self._done.get_nowait())
-            while True:
-                out.append(self._done.get_nowait())
-        except queue.Empty:
-            pass
-        with self._lock:
-            self._outstanding -= len(out)
-        return out
-
-    @property
-    def outstanding(self) -> int:
-        return self._outstanding
 
     def shutdown(self) -> None:
         if self._pool is not None:

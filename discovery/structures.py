@@ -473,3 +473,20 @@ def from_ase(atoms: Atoms) -> Structure:
     from pymatgen.io.ase import AseAtomsAdaptor
 
     return AseAtomsAdaptor.get_structure(atoms)
+
+
+def symmetrized(structure: Structure, symprec: float = 1e-3) -> Structure:
+    """The primitive standard cell with positions snapped to the symmetry found within ``symprec`` (A).
+
+    An MLIP relaxation leaves symmetric structures symmetric only to ~1e-4 A; DFT codes detect
+    symmetry far more strictly, so without snapping a cubic perovskite is treated as P1 and its
+    k-point set is several times larger. Returns the input unchanged when spglib finds nothing.
+    """
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        with quiet_spglib():
+            return SpacegroupAnalyzer(structure, symprec=symprec).get_primitive_standard_structure()
+    except Exception:  # noqa: BLE001 - spglib failures leave the structure as it is
+        return structure
+

@@ -69,6 +69,9 @@ class CHGNetOracle:
                                          steps=self.config.max_steps, relax_cell=not molecule,
                                          verbose=False)
             final = result["final_structure"]
+            # CHGNet attaches its predicted magmoms as site properties; DFT decides spin itself
+            for prop in list(final.site_properties):
+                final.remove_site_property(prop)
             energy = float(result["trajectory"].energies[-1]) / len(final)
             steps = len(result["trajectory"].energies)
             vol_change = final.volume / structure.volume - 1.0

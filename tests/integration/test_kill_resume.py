@@ -51,6 +51,8 @@ def test_sigkill_mid_campaign_then_resume_loses_and_repeats_nothing(tmp_path, cl
     while count(db, "dft") == 0 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
     assert driver.poll() is None, "the campaign ended before it could be killed"
+    live = cli("status", out, "--json")  # status works while the driver writes
+    assert live.returncode == 0 and json.loads(live.stdout)["running"] is True
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     submitted_at_kill = count(db, "submission")
