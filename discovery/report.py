@@ -208,7 +208,13 @@ def round_metrics(campaign: Campaign, rnd: int) -> dict[str, float]:
         hits += res.e_above_hull <= campaign.config.objective.hit_e_above_hull_ev
         if cid in ids and cid in campaign.predicted:
             errors.append(abs(campaign.predicted[cid][0] - res.e_above_reference_hull))
+    planned = [p for _, _, p, _ in campaign.ledger.rows("round")]
     metrics: dict[str, float] = {
+        "candidates_proposed": sum(p["proposed"] for p in planned),
+        "candidates_valid": sum(p["valid"] for p in planned),
+        "candidates_novel": sum(p["novel"] for p in planned),
+        "mlip_relaxed": sum(1 for i, e in campaign.mlip.items() if e.ok and i not in campaign.references),
+        "dft_failed_total": sum(1 for i, e in campaign.dft.items() if not e.ok and i not in campaign.references),
         "dft_completed_round": sum(1 for e in done if e.ok),
         "dft_failed_round": sum(1 for e in done if not e.ok),
         "dft_completed_total": sum(1 for i, e in campaign.dft.items() if e.ok and i not in campaign.references),

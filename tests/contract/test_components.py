@@ -29,7 +29,7 @@ def test_every_registered_component_has_a_contract_config():
 
 
 def spec(role, kind, tmp_path):
-    return ComponentSpec(role, CONFIGS[(role, kind)], ("K", "Mg", "Cl"), 7, seed=3, workdir=tmp_path)
+    return ComponentSpec(role, CONFIGS[(role, kind)], ("K", "Rb", "Mg", "Cl"), 7, seed=3, workdir=tmp_path)
 
 
 def kcl():
@@ -56,7 +56,7 @@ def test_generators_propose_valid_reproducible_candidates(kind, tmp_path):
         assert isinstance(c, Candidate) and c.generator == kind
         assert structural_problem(c.pmg) is None
         assert c.n_atoms <= 7
-        assert {e.symbol for e in c.pmg.composition.elements} <= {"K", "Mg", "Cl"}
+        assert {e.symbol for e in c.pmg.composition.elements} <= {"K", "Rb", "Mg", "Cl"}
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRY["surrogate"]))
