@@ -67,6 +67,7 @@ class RoundStats:
     novel: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     mlip_relaxed: int = 0
+    mlip_not_novel: int = 0
     mlip_passed: int = 0
     selected: int = 0
     scored_by: str = ""
@@ -163,6 +164,9 @@ class Campaign:
         self.scored_by = {r: p["scored_by"] for r, p in rounds.items()}
         self.next_round = max(rounds) + 1 if rounds else 0
         self.filter.add_known([c for c in self.candidates.values()])
+        self.filter.add_known([self._relaxed_copy(self.candidates[i], e)
+                               for i, e in [*self.mlip.items(), *self.dft.items()]
+                               if e.ok and i in self.candidates])
         resubmit = []
         for key, rnd, payload, _ in self.ledger.rows("submission"):
             cid = payload["candidate"]["id"]
@@ -213,6 +217,8 @@ class Campaign:
             self.dft[ev.candidate_id] = ev
             name = self.candidates[ev.candidate_id].formula if ev.candidate_id in self.candidates else ev.candidate_id
             if ev.ok:
+                if ev.candidate_id in self.candidates:  # later proposals must be new after DFT too
+                    self.filter.add_known([self._relaxed_copy(self.candidates[ev.candidate_id], ev)])
                 self.reporter.status(f"DFT done: {name} E = {ev.energy_per_atom:.4f} eV/atom "
                                      f"({ev.provenance.wall_s:.0f} s)")
             else:
@@ -321,7 +327,8 @@ class Campaign:
                                   "selected": stats.selected, "plan_wall_s": time.time() - t0}, step=rnd)
         self.reporter.status(
             f"round {rnd}: proposed {stats.proposed}, valid {stats.valid}, novel {stats.novel}, "
-            f"CHGNet relaxed {stats.mlip_relaxed} (kept {stats.mlip_passed}), selected {stats.selected} "
+            f"CHGNet relaxed {stats.mlip_relaxed} ({stats.mlip_not_novel} relaxed into known structures, "
+            f"{stats.mlip_passed} kept), selected {stats.selected} "
             f"by {selection.policy} in {time.time() - t0:.0f} s")
         if not selection.candidate_ids:
             self._round_finished(rnd)
@@ -387,12 +394,13 @@ class Campaign:
         self.reporter.status(f"round {rnd}: CHGNet relaxing {len(batch)} candidates")
         evals = self.executor.call("mlip", "evaluate_many", batch) if batch else []
         mhull = self.mlip_hull()
-        kept, out = [], []
-        for cand, ev in zip(batch, evals, strict=True):
+        for ev in evals:
             self._record_mlip(ev, rnd)
-            if not ev.ok:
-                continue
-            stats.mlip_relaxed += 1
+        fresh = self._novel_after_relaxation([(c, ev) for c, ev in zip(batch, evals, strict=True) if ev.ok])
+        stats.mlip_relaxed = sum(1 for ev in evals if ev.ok)
+        stats.mlip_not_novel = stats.mlip_relaxed - len(fresh)
+        kept, out = [], []
+        for cand, ev in fresh:
             res = mhull.evaluate(cand.pmg.composition, ev.energy_per_atom)
             if res is None or res.e_above_reference_hull > self.config.mlip.max_e_above_hull_ev:
                 continue
@@ -404,6 +412,24 @@ class Campaign:
                                                "mlip-prior", rnd))
         stats.mlip_passed = len(kept)
         return kept, out
+
+    def _novel_after_relaxation(self, pairs: list[tuple[Candidate, Evaluation]]
+                                ) -> list[tuple[Candidate, Evaluation]]:
+        """Keep candidates whose relaxed structure is new: not known, and not what another candidate
+        of the batch relaxed into. Relaxed structures join the known set either way."""
+        relaxed = [self._relaxed_copy(c, ev) for c, ev in pairs]
+        accepted = {c.id for c in self.filter.apply(relaxed).accepted}
+        self.filter.add_known(relaxed)
+        return [pair for pair, r in zip(pairs, relaxed, strict=True) if r.id in accepted]
+
+    @staticmethod
+    def _relaxed_copy(cand: Candidate, ev: Evaluation) -> Candidate:
+        from pymatgen.core import Structure
+
+        from discovery.structures import make_candidate
+
+        return make_candidate(Structure.from_dict(ev.relaxed_structure), cand.generator,
+                              parent_ids=(cand.id,), round=cand.round)
 
     @staticmethod
     def _as_prediction(cand: Candidate, mean_std: tuple[float, float], model: str, rnd: int) -> Prediction:

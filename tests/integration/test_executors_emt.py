@@ -22,7 +22,7 @@ def run_pool(executor, tmp_path):
     # one slot takes the 8 s job; the other must chew through the four 1 s jobs meanwhile
     delays = [8.0, 1.0, 1.0, 1.0, 1.0]
     dft = ComponentSpec("dft", EMTConfig(relax=False), workdir=tmp_path / "dft")
-    gen = ComponentSpec("generator", RandomSymmetricGeneratorConfig(n_per_round=2), ("Cu",), 4, seed=1)
+    gen = ComponentSpec("generator", RandomSymmetricGeneratorConfig(n_per_round=2), ("Na", "Cl"), 4, seed=1)
     executor.start({"generator:random_symmetric": gen}, dft, dft_slots=2)
     try:
         start = time.time()
