@@ -15,7 +15,7 @@ Step order of one round (see DESIGN.md §1):
    planned as soon as the DFT queue runs low, so slots never wait for a batch barrier.
 8. **record**: every result is appended to the ledger and tracked.
 
-Cold start: until the DFT hull is complete and the surrogate has ``MIN_LABELS`` compound labels,
+Cold start: until the DFT hull is complete and the surrogate has ``MIN_LABELS`` labels,
 candidates are ranked by their CHGNet e_above_hull (an explicit cheap-fidelity prior, recorded
 as model "mlip-prior" in the selection) instead of the surrogate.
 
@@ -44,7 +44,7 @@ from discovery.thermo import Hull
 
 log = logging.getLogger(__name__)
 
-MIN_LABELS = 6  # compound DFT labels before the surrogate ranks anything
+MIN_LABELS = 5  # DFT formation energies (elements count, at 0 eV/atom) before the surrogate trains
 PRIOR_STD_EV = 0.1  # uncertainty attached to the CHGNet prior, eV/atom
 
 
@@ -340,8 +340,7 @@ class Campaign:
         for name in self.generators:
             self.executor.call(name, "update", {"known": known, "hits": hits, "round": rnd})
         cands, targets = self._labels(hull)
-        n_compounds = sum(1 for c in cands if len(c.pmg.composition.elements) > 1)
-        if n_compounds < MIN_LABELS:
+        if len(cands) < MIN_LABELS:
             self.surrogate_fitted = False
             return
         self.reporter.status(f"round {rnd}: training the CGCNN ensemble on {len(cands)} DFT labels")

@@ -33,6 +33,10 @@ class EvaluationFailed(DiscoveryError):
         self.retryable = retryable
 
 
+class NotFittedError(DiscoveryError):
+    """A model was asked to predict, embed or save before any `fit` or `load`."""
+
+
 class InfrastructureError(DiscoveryError):
     """Ray, a worker process or the file system misbehaved; usually worth a retry."""
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
 from discovery.config import CGCNNEnsembleConfig
-from discovery.errors import ConfigError, DataError, DiscoveryError
+from discovery.errors import ConfigError, DataError, NotFittedError
 from discovery.featurize.graphs import ATOM_FEATURE_DIM, edge_feature_dim, structure_to_graph
 from discovery.models.cgcnn import CGCNN
 from discovery.records import Candidate, FitReport, Prediction
@@ -45,10 +45,6 @@ RUNTIME_KEYS = frozenset({"device"})
 MIN_LABELS_FOR_VAL = 5
 #: Crystals per forward pass when predicting or embedding.
 PREDICT_BATCH_SIZE = 256
-
-
-class NotFittedError(DiscoveryError):
-    """A surrogate was asked to predict or embed before any `fit` or `load`."""
 
 
 class CGCNNEnsembleSurrogate:

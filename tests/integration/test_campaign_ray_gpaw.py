@@ -37,7 +37,7 @@ def test_run_ends_with_ranked_table_and_complete_status(finished, cli):
                 "dft_completed", "dft_failed", "dft_unique_structures", "dft_repeated", "hits", "best",
                 "wall_s", "dft_busy_fraction"):
         assert key in st
-    assert st["rounds"] == 2
+    assert st["rounds"] == 3
     assert st["candidates_proposed"] >= st["candidates_valid"] >= st["candidates_novel"] > 0
     assert st["mlip_relaxed"] > 0
     assert st["dft_references_completed"] == 5  # Na, K, Cl2, NaCl, KCl
@@ -61,7 +61,10 @@ def test_mlflow_run_read_back(finished):
     assert run.info.status == "FINISHED"
     assert run.data.params["dft.cutoff_ev"] == "400.0"
     assert run.data.params["chemistry.elements"] == "['Na', 'K', 'Cl']"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "proposed")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "proposed")] == [0, 1, 2]
+    # the CGCNN ensemble trained on DFT labels and its checkpoint was logged
+    assert client.get_metric_history(run.info.run_id, "surrogate_n_train")
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
     assert client.get_metric_history(run.info.run_id, "dft_completed")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"campaign.yaml", "discovery_curve.png", "cifs"} <= artifacts

@@ -1,12 +1,13 @@
 """A campaign small enough for CI: Na-K-Cl, cells of at most 4 atoms, GPAW at the CI settings of
-DFT.md (400 eV, k density 1.5, loose relaxations), 2 rounds x 2 DFT relaxations on 2 slots."""
+DFT.md (400 eV, k density 1.5, loose relaxations), 3 rounds x 2 DFT relaxations on 2 slots; the
+third round has enough DFT labels for the CGCNN ensemble to train."""
 
 import yaml
 
 TINY = {
     "name": "tiny",
     "seed": 0,
-    "rounds": 2,
+    "rounds": 3,
     "dft_per_round": 2,
     "chemistry": {"elements": ["Na", "K", "Cl"], "max_atoms": 4,
                   "reference_phases": [{"formula": "NaCl", "prototype": "rocksalt"},

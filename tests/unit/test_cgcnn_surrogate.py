@@ -12,12 +12,12 @@ from torch_geometric.data import Batch
 
 import discovery.surrogates.cgcnn_ensemble as ens_mod
 from discovery.config import CGCNNEnsembleConfig
-from discovery.errors import ConfigError, DataError, DiscoveryError
+from discovery.errors import ConfigError, DataError, DiscoveryError, NotFittedError
 from discovery.featurize.graphs import ATOM_FEATURE_DIM, structure_to_graph
 from discovery.models.cgcnn import CGCNN
 from discovery.protocols import Surrogate
 from discovery.records import Candidate, Prediction
-from discovery.surrogates.cgcnn_ensemble import CGCNNEnsembleSurrogate, NotFittedError
+from discovery.surrogates.cgcnn_ensemble import CGCNNEnsembleSurrogate
 
 torch.set_num_threads(1)
 
