@@ -213,7 +213,6 @@ class GPAWConfig(Strict):
     memory_gb: float = Field(4.0, gt=0)
     max_volume_per_atom_a3: float = Field(150.0, gt=0, description="Cs metal has 117 A^3/atom")
     max_plane_waves: int = Field(60000, ge=100)
-    molecule_box_a: tuple[float, float, float] = (11.0, 12.0, 13.0)
 
 
 class EMTConfig(Strict):

@@ -229,10 +229,10 @@ def round_metrics(campaign: Campaign, rnd: int) -> dict[str, float]:
     return metrics
 
 
-def write_artifacts(out_dir: Path, status: dict[str, Any], ledger_path: Path | None = None) -> list[Path]:
+def write_artifacts(out_dir: Path, status: dict[str, Any]) -> list[Path]:
     """CIFs of every validated candidate and the discovery curve; returns the files written."""
     out_dir = Path(out_dir)
-    ledger = SqliteLedger(ledger_path or out_dir / LEDGER_NAME, writer=False)
+    ledger = SqliteLedger(out_dir / LEDGER_NAME, writer=False)
     try:
         meta = ledger.meta()
         evals = [e for e in ledger.evaluations()

@@ -28,7 +28,7 @@ RECIPE_VERSION = 1
 """Bump when gpaw_worker changes its numbers (moments, retry, checks): it changes the fingerprint."""
 NUMERIC_SETTINGS = ("xc", "cutoff_ev", "cutoff_ev_o_f", "kpt_density", "kpt_density_metals",
                     "smearing_ev", "smearing_ev_molecules", "relax", "fmax_ev_per_a", "max_steps",
-                    "max_stress_gpa", "maxiter", "spin", "molecule_box_a")
+                    "max_stress_gpa", "maxiter", "spin")
 """GPAWConfig fields that change results. Limits (timeout, memory, pre-check bounds) do not."""
 MIN_DISTANCE_A = 0.7
 MIN_DISTANCE_COVALENT_FRACTION = 0.5

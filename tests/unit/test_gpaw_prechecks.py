@@ -74,7 +74,7 @@ def test_plane_wave_estimate_matches_gpaw_count():
 
 def test_reference_molecule_in_the_standard_box_passes(oracle):
     # O2 in the 11 x 12 x 13 A box at 800 eV (the O/F cutoff) must stay runnable
-    o2 = boxed(["O", "O"], [[0, 0, 0], [1.22, 0, 0]], oracle.config.molecule_box_a)
+    o2 = boxed(["O", "O"], [[0, 0, 0], [1.22, 0, 0]], (11.0, 12.0, 13.0))  # prototypes.elemental_reference box
     assert oracle.precheck(candidate(o2, calc="molecule")) is None
 
 
