@@ -115,6 +115,7 @@ class Campaign:
         self.dft: dict[str, Evaluation] = {}
         self.mlip: dict[str, Evaluation] = {}
         self.submitted: dict[str, int] = {}  # candidate id -> round
+        self._resubmit: list[tuple[int, Candidate]] = []  # unfinished submissions found on resume
         self.predicted: dict[str, tuple[float, float]] = {}
         self.next_round = 0
         self.round_open: dict[int, set[str]] = {}

@@ -12,6 +12,7 @@ import logging.handlers
 import os
 import signal
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -175,17 +176,16 @@ def cmd_run(args, console) -> int:
 
 
 def cmd_validate(args, console) -> int:
-    from discovery.build import reference_candidates, seed_candidates
+    from discovery.build import build_component, reference_candidates, seed_candidates
     from discovery.config import load_config
     from discovery.launch import build_specs
 
     config = load_config(args.campaign, args.overrides)
     seeds = seed_candidates(config)
     refs = reference_candidates(config)
-    _, dft = build_specs(config, Path("/nonexistent-validate-only"))
-    from discovery.build import build_component
-
-    oracle = build_component(dft)
+    with tempfile.TemporaryDirectory() as scratch:  # validation writes nothing the user keeps
+        _, dft = build_specs(config, Path(scratch))
+        oracle = build_component(dft)
     precheck = getattr(oracle, "precheck", None)
     for ref in refs:
         problem = precheck(ref) if precheck else None
