@@ -19,8 +19,12 @@ REGISTRY: dict[str, dict[str, str]] = {
     "generator": {
         "substitution": "discovery.generators.substitution:SubstitutionGenerator",
         "random_symmetric": "discovery.generators.random_symmetric:RandomSymmetricGenerator",
+        "icsg3d": "discovery.generators.icsg3d:ICSG3DGenerator",
     },
-    "surrogate": {"cgcnn_ensemble": "discovery.surrogates.cgcnn_ensemble:CGCNNEnsembleSurrogate"},
+    "surrogate": {
+        "cgcnn_ensemble": "discovery.surrogates.cgcnn_ensemble:CGCNNEnsembleSurrogate",
+        "forest": "discovery.surrogates.forest:ForestEnsembleSurrogate",
+    },
     "mlip": {"chgnet": "discovery.oracles.chgnet_oracle:CHGNetOracle"},
     "dft": {
         "gpaw": "discovery.oracles.gpaw_oracle:GPAWOracle",
@@ -66,6 +70,8 @@ def build_component(spec: ComponentSpec) -> Any:
     if spec.role == "generator":
         return cls(spec.config, list(spec.elements), spec.max_atoms)
     if spec.role == "surrogate":
+        if spec.kind == "forest":  # refit every round; nothing to checkpoint
+            return cls(spec.config, seed=spec.seed)
         return cls(spec.config, seed=spec.seed, checkpoint_dir=spec.workdir)
     if spec.role == "mlip":
         return cls(spec.config)

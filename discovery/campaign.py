@@ -39,13 +39,22 @@ from discovery.build import ComponentSpec
 from discovery.config import CampaignConfig
 from discovery.executor import Executor
 from discovery.ledger.sqlite import SqliteLedger, evaluation_key
-from discovery.records import Candidate, Evaluation, Fidelity, Prediction, Selection
+from discovery.objective import Bound, Objective
+from discovery.posterior import Posterior
+from discovery.records import Candidate, Evaluation, Fidelity, Prediction
 from discovery.thermo import Hull
 
 log = logging.getLogger(__name__)
 
 MIN_LABELS = 5  # DFT formation energies (elements count, at 0 eV/atom) before the surrogate trains
 PRIOR_STD_EV = 0.1  # uncertainty attached to the CHGNet prior, eV/atom
+OBJECTIVE_PROPERTY = "e_above_hull"  # what policies rank: predicted e_above_hull, eV/atom
+
+
+def hit_objective(config: CampaignConfig) -> Objective:
+    """The campaign's notion of a hit as an `Objective`: ``e_above_hull <= hit_e_above_hull_ev``."""
+    return Objective(name="hit", bounds=[Bound(property=OBJECTIVE_PROPERTY,
+                                               max=config.objective.hit_e_above_hull_ev)])
 
 
 class Reporter:
@@ -121,6 +130,8 @@ class Campaign:
         self.round_open: dict[int, set[str]] = {}
         self.surrogate_fitted = False
         self.scored_by: dict[int, str] = {}  # round -> "surrogate" | "mlip-prior"
+        self._members: dict[str, np.ndarray] = {}  # candidate id -> members' e_above_hull (this round)
+        self._mlip_ehull: dict[str, float] = {}  # candidate id -> CHGNet e_above_hull (this round's pool)
 
     # ================================================================ run
 
@@ -278,13 +289,14 @@ class Campaign:
         hull = self.dft_hull()
         self._learn(rnd, hull)
 
-        # propose
-        n_gen = len(self.generators)
+        # propose: the bandit shares the proposal budget among generators by DFT-confirmed hits
+        quotas = self._proposal_quotas(rnd, hull)
         calls = []
         for i, name in enumerate(self.generators):
-            gen_cfg = self.components[name].config
-            calls.append((name, "propose", (gen_cfg.n_per_round, {"round": rnd}, self._rng(rnd, 100 + i))))
-        self.reporter.status(f"round {rnd}: proposing with {n_gen} generator(s)")
+            if quotas[name] > 0:
+                calls.append((name, "propose", (quotas[name], {"round": rnd}, self._rng(rnd, 100 + i))))
+        self.reporter.status(f"round {rnd}: proposing with {len(calls)} generator(s): "
+                             + ", ".join(f"{n.split(':', 1)[1]} {q}" for n, q in quotas.items()))
         proposed = [c.model_copy(update={"round": rnd}) for batch in self.executor.call_many(calls)
                     for c in batch]
         stats.proposed = len(proposed)
@@ -309,10 +321,9 @@ class Campaign:
         pool, pool_preds = self._screen(rnd, accepted, preds, stats)
 
         # select
-        context: dict[str, Any] = {"round": rnd}
-        if self.surrogate_fitted and self.config.policy.diversity.min_embedding_distance > 0 and pool:
-            context["embeddings"] = np.asarray(self.executor.call("surrogate", "embed", pool))
-        selection = self.policy.select(pool, pool_preds, self.config.dft_per_round, context)
+        posterior = self._posterior(pool, pool_preds)
+        context = self._policy_context(rnd, pool, hull)
+        selection = self.policy.select(pool, posterior, self.config.dft_per_round, context)
         selection = selection.model_copy(update={"policy": f"{selection.policy}/{stats.scored_by}"})
         self.ledger.add_selection(selection)
         self.predicted.update(selection.predictions)
@@ -335,27 +346,69 @@ class Campaign:
             self._round_finished(rnd)
 
     def _learn(self, rnd: int, hull: Hull) -> None:
+        """Refit the surrogate on every DFT label and tell generators what DFT confirmed."""
         known = self.seeds + [self.candidates[i] for i in self.dft if i in self.candidates
                               and i not in self.references]
-        hits = [c.id for c in known if c.id in self.dft and self._is_hit(c.id, hull)]
-        for name in self.generators:
-            self.executor.call(name, "update", {"known": known, "hits": hits, "round": rnd})
+        hits = sorted(self.novel_hits(hull))
         cands, targets = self._labels(hull)
+        labels = [(c, t) for c, t in zip(cands, targets, strict=True) if c.id not in self.references]
+        feedback = {"known": known, "hits": hits, "round": rnd, "labels": labels,
+                    "property": "formation_energy_per_atom"}
+        for name in self.generators:
+            self.executor.call(name, "update", feedback)
         if len(cands) < MIN_LABELS:
             self.surrogate_fitted = False
             return
-        self.reporter.status(f"round {rnd}: training the CGCNN ensemble on {len(cands)} DFT labels")
+        self.reporter.status(f"round {rnd}: training the surrogate on {len(cands)} DFT labels")
         report = self.executor.call("surrogate", "fit", cands, targets)
-        ckpt = self.out_dir / "checkpoints" / f"surrogate-round{rnd}.pt"
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        self.executor.call("surrogate", "save", ckpt)
+        ckpt = None
+        if self.config.surrogate.kind == "cgcnn_ensemble":  # forests are refit, never unpickled
+            ckpt = self.out_dir / "checkpoints" / f"surrogate-round{rnd}.pt"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            self.executor.call("surrogate", "save", ckpt)
+            self.tracker.log_artifact(ckpt, "checkpoints")
         self.surrogate_fitted = True
-        self.ledger.append("fit", str(rnd), {**report.model_dump(mode="json"), "checkpoint": str(ckpt)}, rnd)
+        scale = report.variance_scale
+        self.ledger.append("fit", str(rnd), {**report.model_dump(mode="json"),
+                                             "checkpoint": None if ckpt is None else str(ckpt),
+                                             "variance_scale": scale}, rnd)
         self.tracker.log_metrics({k: v for k, v in {"surrogate_val_mae": report.val_mae,
                                                     "surrogate_train_mae": report.train_mae,
-                                                    "surrogate_n_train": report.n_train}.items()
+                                                    "surrogate_n_train": report.n_train,
+                                                    "surrogate_variance_scale": scale}.items()
                                   if v is not None}, step=rnd)
-        self.tracker.log_artifact(ckpt, "checkpoints")
+
+    def novel_hits(self, hull: Hull) -> set[str]:
+        """DFT-validated candidates within the hit distance of the hull whose relaxed structure is
+        new (not a reference, not what an earlier candidate relaxed into): the one definition of a
+        hit used by status, per-round metrics, generators and the bandit."""
+        from discovery.report import rediscovered
+
+        results = {i: e for i, e in self.dft.items() if i not in self.references}
+        repeated = rediscovered(results, self._reference_evals(self.dft))
+        return {i for i in results if i not in repeated and self._is_hit(i, hull)}
+
+    def _proposal_quotas(self, rnd: int, hull: Hull) -> dict[str, int]:
+        """Proposals per generator this round: fixed ``n_per_round`` each, or (with a bandit) the
+        same total shared by DFT-confirmed hits per DFT evaluation of each generator's candidates."""
+        fixed = {name: self.components[name].config.n_per_round for name in self.generators}
+        if self.config.bandit is None or len(self.generators) < 2:
+            return fixed
+        from discovery.policies.bandit import GeneratorBandit
+
+        arms = {name: GeneratorBandit.arm(name.split(":", 1)[1]) for name in self.generators}
+        bandit = GeneratorBandit(self.config.bandit, list(arms.values()), self._rng(rnd, 3))
+        hits = self.novel_hits(hull)
+        for name, arm in arms.items():
+            gen = name.split(":", 1)[1]
+            mine = [i for i, e in self.dft.items() if e.ok and i in self.candidates
+                    and i not in self.references and self.candidates[i].generator == gen]
+            bandit.update(arm, len(mine), sum(i in hits for i in mine))
+        shares = bandit.allocate(sum(fixed.values()))
+        self.tracker.log_metrics({f"bandit_weight.{arm.replace('|', '.')}": w
+                                  for arm, w in bandit.weights().items()}, step=rnd)
+        self.ledger.append("bandit", str(rnd), {"quotas": shares, "weights": bandit.weights()}, rnd)
+        return {name: shares[arm] for name, arm in arms.items()}
 
     def _is_hit(self, cid: str, hull: Hull) -> bool:
         ev = self.dft.get(cid)
@@ -367,21 +420,69 @@ class Campaign:
         return res is not None and res.e_above_hull <= self.config.objective.hit_e_above_hull_ev
 
     def _predict(self, pool: list[Candidate], hull: Hull) -> dict[str, tuple[float, float]] | None:
-        """Predicted (e_above_hull mean, std) per candidate from the surrogate, or None (cold start)."""
+        """Predicted (e_above_hull mean, std) per candidate from the surrogate, or None (cold start).
+
+        The ensemble members' predictions, shifted the same way, are kept for the policy."""
         if not self.surrogate_fitted or not pool:
             return None
+        members = np.asarray(self.executor.call("surrogate", "predict_members", pool), dtype=float)
         out = {}
-        for cand, pred in zip(pool, self.executor.call("surrogate", "predict", pool), strict=True):
+        self._members = {}
+        for j, cand in enumerate(pool):
             ref = hull.reference_hull_formation_energy(cand.pmg.composition)
             if ref is not None:
-                out[cand.id] = (pred.mean - ref, pred.std)
+                m = members[:, j] - ref
+                out[cand.id] = (float(m.mean()), float(m.std()))
+                self._members[cand.id] = m
         return out
+
+    def _posterior(self, pool: list[Candidate], preds: list[Prediction]) -> Posterior:
+        """What the policy sees: predicted e_above_hull with members (surrogate) or without (prior)."""
+        mean = np.array([p.mean for p in preds], dtype=float)
+        std = np.array([p.std for p in preds], dtype=float)
+        members = {}
+        if pool and all(c.id in self._members for c in pool) and preds and preds[0].model == "surrogate":
+            members[OBJECTIVE_PROPERTY] = np.stack([self._members[c.id] for c in pool], axis=1)
+        embeddings = None
+        if (self.surrogate_fitted and pool and self.config.policy.diversity.method in
+                ("kcenter", "dpp", "min_distance")):
+            embeddings = np.asarray(self.executor.call("surrogate", "embed", pool))
+        return Posterior(mean={OBJECTIVE_PROPERTY: mean}, std={OBJECTIVE_PROPERTY: std}, members=members,
+                         embeddings=embeddings, model=preds[0].model if preds else "")
+
+    def _policy_context(self, rnd: int, pool: list[Candidate], hull: Hull) -> dict[str, Any]:
+        """Round, best utility so far and, for cost-aware policies, CHGNet as the cheap fidelity:
+        its e_above_hull of the pool (already computed by the screen) and past (CHGNet, DFT) pairs."""
+        from pymatgen.core import Structure
+
+        threshold = self.config.objective.hit_e_above_hull_ev
+        dft_ehull = {}
+        for cid, ev in self.dft.items():
+            if ev.ok and cid not in self.references:
+                res = hull.evaluate(Structure.from_dict(ev.relaxed_structure).composition, ev.energy_per_atom)
+                if res is not None:
+                    dft_ehull[cid] = res.e_above_reference_hull
+        best = max((threshold - v for v in dft_ehull.values()), default=0.0)
+        cheap = np.array([self._mlip_ehull.get(c.id, np.nan) for c in pool], dtype=float)
+        mhull = self.mlip_hull()
+        pairs = []
+        for cid in dft_ehull:
+            ev = self.mlip.get(cid)
+            if ev is not None and ev.ok:
+                res = mhull.evaluate(Structure.from_dict(ev.relaxed_structure).composition, ev.energy_per_atom)
+                if res is not None:
+                    pairs.append((res.e_above_reference_hull, dft_ehull[cid]))
+        return {
+            "round": rnd, "best_utility": best,
+            "cheap_oracle": lambda idx: {OBJECTIVE_PROPERTY: cheap[np.asarray(idx, dtype=int)]},
+            "cheap_pairs": {OBJECTIVE_PROPERTY: (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))},
+        }
 
     def _screen(self, rnd: int, pool: list[Candidate], preds: dict[str, tuple[float, float]] | None,
                 stats: RoundStats) -> tuple[list[Candidate], list[Prediction]]:
         """CHGNet-relax the most promising candidates; keep those close to the CHGNet hull."""
         if preds is not None:
-            kappa = self.config.policy.kappa
+            kappa = getattr(self.config.policy, "kappa", 1.0)
             ranked = sorted((c for c in pool if c.id in preds),
                             key=lambda c: preds[c.id][0] - kappa * preds[c.id][1])
         else:
@@ -404,6 +505,7 @@ class Campaign:
             res = mhull.evaluate(cand.pmg.composition, ev.energy_per_atom)
             if res is None or res.e_above_reference_hull > self.config.mlip.max_e_above_hull_ev:
                 continue
+            self._mlip_ehull[cand.id] = res.e_above_reference_hull
             kept.append(cand)
             if preds is not None:
                 out.append(self._as_prediction(cand, preds[cand.id], "surrogate", rnd))

@@ -41,6 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show what a campaign has done so far (works while it runs)")
     st.add_argument("out", type=Path, help="campaign folder")
     st.add_argument("--json", action="store_true", help="print one JSON object")
+
+    bench = sub.add_parser("benchmark", help="retrospective campaigns on a labelled table: policies x seeds")
+    bench.add_argument("config", type=Path, help="benchmark YAML file (see configs/benchmarks/)")
+    bench.add_argument("--out", type=Path, default=None, help="output folder (default: runs/benchmarks/<name>)")
+    bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    bench.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    tn = sub.add_parser("tune", help="sweep policy and model hyper-parameters on a replay benchmark (Ray Tune, ASHA)")
+    tn.add_argument("config", type=Path, help="tune YAML file (see configs/tune/)")
+    tn.add_argument("--out", type=Path, default=None, help="output folder (default: runs/tune/<name>)")
+    tn.add_argument("--json", action="store_true", help="print the trials and the best one as one JSON object")
+    tn.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    tn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     return p
 
 
@@ -207,6 +221,149 @@ def cmd_status(args, console) -> int:
     return 0
 
 
+def cmd_benchmark(args, console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from discovery.benchmark.config import load_benchmark_config
+    from discovery.benchmark.runner import jobs_of, load_table, run_all, summarise, track, write_outputs
+
+    config = load_benchmark_config(args.config, args.overrides)
+    out = (args.out or Path("runs") / "benchmarks" / config.name).resolve()
+    table = load_table(config)
+    args.held_logs.show()
+    logging.getLogger("discovery.benchmark").setLevel(logging.WARNING)  # the bar says it all
+    logging.getLogger("discovery").info(
+        "%s: %d structures; %s", table.source, len(table),
+        "; ".join(f"{o.name} ({o.describe()}): {int(_hits(table, o))} hits" for o in config.objectives))
+    jobs = jobs_of(config)
+    with Progress(TextColumn("[bold]replay runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console) as progress:
+        task = progress.add_task("", total=len(jobs))
+
+        def done(run):
+            progress.update(task, advance=1, description=f"{run.policy}/{run.objective} seed {run.seed}: "
+                                                         f"{run.hits[-1]}/{run.pool_hits} hits")
+
+        runs = run_all(table, config, args.address, on_done=done)
+    summary = summarise(config, runs)
+    files = write_outputs(config, runs, summary, out)
+    run_id = track(config, summary, files, out)
+    summary["out"] = str(out)
+    summary["mlflow_run_id"] = run_id
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_benchmark(summary, _stdout_console())
+    return 0
+
+
+def cmd_tune(args, console) -> int:
+    import yaml
+
+    from discovery.benchmark.runner import load_table
+    from discovery.benchmark.tune import best_campaign, load_tune_config, trial_config
+
+    tune_config, base = load_tune_config(args.config, args.overrides)
+    out = (args.out or Path("runs") / "tune" / tune_config.name).resolve()
+    table = load_table(base)
+    args.held_logs.show()
+    out.mkdir(parents=True, exist_ok=True)
+    uri = None
+    if tune_config.tracking.enabled:
+        from mlflow.tracking import MlflowClient
+
+        uri = tune_config.tracking.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
+        client = MlflowClient(tracking_uri=uri)  # creates the store before trials race to do it
+        experiment = tune_config.tracking.experiment or f"tune-{tune_config.name}"
+        if client.get_experiment_by_name(experiment) is None:
+            client.create_experiment(experiment, artifact_location=(out / "mlartifacts").as_uri()
+                                     if not tune_config.tracking.tracking_uri else None)
+    from discovery.actors.tune import run_tune
+
+    with console.status(f"tuning {tune_config.policy} on {tune_config.objective}: "
+                        f"{tune_config.num_samples} trials x {len(tune_config.seeds)} seed(s)"):
+        grid = run_tune(table, base, tune_config, out, uri, args.address)
+    trials = []
+    for result in grid:
+        metrics = result.metrics or {}
+        trials.append({"params": {k: v for k, v in (result.config or {}).items()},
+                       "hits": metrics.get("hits"), "calls": metrics.get("calls"),
+                       "error": None if result.error is None else str(result.error).splitlines()[0][:200]})
+    finished = [t for t in trials if t["hits"] is not None and t["calls"] == base.budget]
+    if not finished:
+        raise DiscoveryError(f"tune: no trial reached the budget of {base.budget} calls "
+                             f"({sum(t['error'] is not None for t in trials)} failed)")
+    best = max(finished, key=lambda t: t["hits"])
+    best_config = trial_config(base, tune_config, best["params"], str(args.config))
+    files = {"best_params.json": json.dumps(best, indent=2),
+             "best_benchmark.yaml": yaml.safe_dump(best_config.model_dump(mode="json"), sort_keys=False)}
+    if tune_config.campaign is not None:
+        files["best_campaign.yaml"] = yaml.safe_dump(best_campaign(tune_config.campaign, best_config, tune_config),
+                                                     sort_keys=False)
+    for name, text in files.items():
+        (out / (name + ".tmp")).write_text(text)
+        os.replace(out / (name + ".tmp"), out / name)
+    summary = {"name": tune_config.name, "policy": tune_config.policy, "objective": tune_config.objective,
+               "budget": base.budget, "trials": trials, "best": best, "out": str(out),
+               "files": sorted(files)}
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        from rich.table import Table
+
+        table_out = Table(title=f"{tune_config.name}: {tune_config.policy} on {tune_config.objective} "
+                                f"(hits after {base.budget} calls; stopped trials show where ASHA stopped them)")
+        keys = list(tune_config.space)
+        for col in (*keys, "calls", "hits", "error"):
+            table_out.add_column(col, justify="right")
+        for t in sorted(trials, key=lambda t: -(t["hits"] or -1)):
+            table_out.add_row(*[_fmt(t["params"].get(k)) for k in keys], _fmt(t["calls"]), _fmt(t["hits"]),
+                              t["error"] or "")
+        _stdout_console().print(table_out)
+        console.print(f"best: {best['params']} -> {best['hits']:.1f} hits; files in {out}: {', '.join(sorted(files))}")
+    return 0
+
+
+def _fmt(x) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _hits(table, objective) -> int:
+    from discovery.benchmark.replay import hit_mask
+
+    return int(hit_mask(table, objective).sum())
+
+
+def print_benchmark(summary: dict, console) -> None:
+    from rich.table import Table
+
+    def f(stat, fmt="{:.1f}"):
+        if stat["mean"] is None:
+            return f"n/a ({100 * stat['reached']:.0f} %)" if "reached" in stat else "n/a"
+        return fmt.format(stat["mean"]) + (f" ± {stat['std']:.1f}" if stat["std"] else "")
+
+    for name, obj in summary["objectives"].items():
+        table = Table(title=f"{name}: {obj['definition']} ({obj['pool_hits']} hits in {obj['pool_size']}; "
+                            f"budget {summary['budget']} calls, batches of {summary['batch_size']}, "
+                            f"{summary['n_seeds']} seeds)")
+        for col in ("policy", "hits @ budget", "calls to 50 %", "calls to 90 %", "AF50", "AF90", "EF",
+                    "in ±1σ", "in ±2σ"):
+            table.add_column(col, justify="left" if col == "policy" else "right")
+        for label, pol in obj["policies"].items():
+            cal = next(iter(pol["calibration"].values()), {})
+
+            def pct(x):
+                return "n/a" if x is None else f"{100 * x:.0f} %"
+
+            table.add_row(label, f(pol["hits_at_budget"]), f(pol["calls_to_50"], "{:.0f}"),
+                          f(pol["calls_to_90"], "{:.0f}"), f(pol["af50"]), f(pol["af90"]), f(pol["ef"]),
+                          pct(cal.get("within_1sigma")), pct(cal.get("within_2sigma")))
+        console.print(table)
+        console.print(f"random sampling needs {obj['random_expected_calls_to_50']:.0f} calls for 50 % "
+                      "recall in expectation" if obj["random_expected_calls_to_50"] else "")
+    console.print(f"outputs: {summary['out']}")
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -222,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "true")
     # SIGTERM (batch schedulers, `kill`) stops as cleanly as Ctrl-C: actors and workers are shut down
     signal.signal(signal.SIGTERM, _interrupt)
-    handlers = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status}
+    handlers = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "benchmark": cmd_benchmark,
+                "tune": cmd_tune}
     try:
         code = handlers[args.command](args, console)
         held.show()

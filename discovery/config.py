@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator,
+                      field_validator, model_validator)
+from pydantic_core import InitErrorDetails
 
 from discovery.errors import ConfigError
 
@@ -95,6 +97,8 @@ class SubstitutionGeneratorConfig(Strict):
     n_per_round: int = Field(40, ge=1)
     max_substitutions: int = Field(2, ge=1, description="sites species swapped per child")
     hit_weight: float = Field(4.0, ge=1.0, description="sampling weight of DFT hits as parents (others: 1)")
+    decile_weight: float = Field(
+        1.0, ge=0.0, description="extra weight of labelled parents in the target formation-energy decile")
 
 
 class RandomSymmetricGeneratorConfig(Strict):
@@ -114,8 +118,28 @@ class RandomSymmetricGeneratorConfig(Strict):
         return v
 
 
+class ICSG3DGeneratorConfig(Strict):
+    """ICSG3D (Cond-DFC-VAE + 3-D UNet on voxel maps) trained with ``discovery train icsg3d``.
+
+    ``checkpoint_dir`` is the training's output folder (with ``icsg3d.json``); a relative path is
+    taken from the working directory. See `discovery.generators.icsg3d` for modes and feedback.
+    """
+
+    kind: Literal["icsg3d"] = "icsg3d"
+    checkpoint_dir: Path
+    n_per_round: int = Field(20, ge=1)
+    mode: Literal["random", "targeted"] = "targeted"
+    target_decile: int | None = Field(
+        None, ge=0, description="condition decile to sample; default: the lowest (most stable) one")
+    latent_scale: float = Field(0.5, gt=0, description="std of targeted samples around a base's latent mean")
+    device: Literal["cpu", "cuda"] = "cpu"
+    fine_tune_epochs: int = Field(0, ge=0, description="VAE epochs on confirmed hits after each update (0: off)")
+    restrict_species: bool = Field(True, description="decode only the campaign's elements")
+
+
 GeneratorConfig = Annotated[
-    SubstitutionGeneratorConfig | RandomSymmetricGeneratorConfig, Field(discriminator="kind")
+    SubstitutionGeneratorConfig | RandomSymmetricGeneratorConfig | ICSG3DGeneratorConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -162,6 +186,8 @@ class CGCNNEnsembleConfig(Strict):
     cutoff_a: float = Field(8.0, gt=0)
     max_neighbors: int = Field(12, ge=1)
     bootstrap: bool = True
+    recalibrate: bool = Field(
+        True, description="scale the ensemble std to fit the validation split (needs >= 5 labels)")
     device: Literal["cpu", "cuda"] = Field(
         "cpu", description="where members train and predict; not part of the checkpoint identity")
 
@@ -173,6 +199,32 @@ class CGCNNEnsembleConfig(Strict):
             if preset in CGCNN_PRESETS:
                 data = {**CGCNN_PRESETS[preset], **data}
         return data
+
+
+class ForestSurrogateConfig(Strict):
+    """A tree ensemble (scikit-learn) on hand-crafted crystal descriptors: fast to refit every batch.
+
+    ``calibration_fraction`` of the labels (when there are at least 10) is held back to fit the
+    variance scale of the tree spread; the forest is then refit on all labels (see
+    `discovery.surrogates.forest`).
+    """
+
+    kind: Literal["forest"] = "forest"
+    property: str = "formation_energy_per_atom"
+    algorithm: Literal["extra_trees", "random_forest"] = "extra_trees"
+    n_estimators: int = Field(200, ge=2)
+    min_samples_leaf: int = Field(1, ge=1)
+    max_features: float = Field(0.5, gt=0.0, le=1.0, description="fraction of descriptors per split")
+    recalibrate: bool = True
+    calibration_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    n_jobs: int = Field(1, ge=-1, description="scikit-learn threads; -1 uses every core")
+
+    @field_validator("n_jobs")
+    @classmethod
+    def _n_jobs(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("n_jobs must be a positive number of threads or -1 (every core)")
+        return v
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -234,18 +286,139 @@ DFTOracleConfig = Annotated[GPAWConfig | EMTConfig, Field(discriminator="kind")]
 
 
 class DiversityConfig(Strict):
-    """Constraints that keep a batch from spending its DFT on near-copies."""
+    """How a batch is spread out once candidates are scored (applied by every policy).
 
+    ``method`` picks the rule among the top ``candidates_factor * k`` candidates by score:
+    ``kcenter`` (greedy k-center in the embedding, starting from the best score), ``dpp`` (greedy MAP
+    of a determinantal point process, quality = exp(standardised score), RBF similarity),
+    ``min_distance`` (walk by score, skip those closer than ``min_distance`` to a chosen one) or
+    ``none`` (score order). ``max_per_formula`` holds in every method. Embeddings are the
+    surrogate's (`Posterior.embeddings`); without them every method falls back to score order.
+    """
+
+    method: Literal["none", "kcenter", "dpp", "min_distance"] = "none"
+    candidates_factor: int = Field(5, ge=1, description="diversify among the top factor * k by score")
+    min_distance: float = Field(0.0, ge=0, description="in embedding units (method min_distance)")
+    dpp_bandwidth: float | None = Field(
+        None, gt=0, description="RBF length scale in embedding units; default: median pairwise distance")
     max_per_formula: int = Field(1, ge=1)
-    min_embedding_distance: float = Field(0.0, ge=0, description="in the surrogate's embedding")
 
 
-class PolicyConfig(Strict):
-    """Acquisition over the surrogate's prediction of e_above_hull (lower is better)."""
+class RandomPolicyConfig(Strict):
+    """Uniformly random batch (the baseline; needs no surrogate)."""
 
-    kind: Literal["random", "greedy", "ucb"] = "ucb"
-    kappa: float = Field(1.0, ge=0, description="UCB exploration weight on the ensemble std")
+    kind: Literal["random"] = "random"
     diversity: DiversityConfig = DiversityConfig()
+
+
+class GreedyPolicyConfig(Strict):
+    """Highest utility of the predicted means."""
+
+    kind: Literal["greedy"] = "greedy"
+    diversity: DiversityConfig = DiversityConfig()
+
+
+class UCBPolicyConfig(Strict):
+    """Upper confidence bound on the utility: mean + kappa * std."""
+
+    kind: Literal["ucb"] = "ucb"
+    kappa: float = Field(1.0, ge=0, description="exploration weight on the utility's std")
+    diversity: DiversityConfig = DiversityConfig()
+
+
+class EIPolicyConfig(Strict):
+    """Expected improvement of the utility over an incumbent (Gaussian closed form)."""
+
+    kind: Literal["ei"] = "ei"
+    incumbent: Literal["threshold", "best"] = Field(
+        "threshold", description="threshold: utility 0 (the hit boundary); best: best labelled utility")
+    xi: float = Field(0.0, ge=0, description="required margin over the incumbent, in utility units")
+    diversity: DiversityConfig = DiversityConfig()
+
+
+class PIPolicyConfig(Strict):
+    """Probability that the utility beats an incumbent (Gaussian closed form)."""
+
+    kind: Literal["pi"] = "pi"
+    incumbent: Literal["threshold", "best"] = "threshold"
+    xi: float = Field(0.0, ge=0)
+    diversity: DiversityConfig = DiversityConfig()
+
+
+class ThompsonPolicyConfig(Strict):
+    """Batch Thompson sampling: one posterior draw per batch slot."""
+
+    kind: Literal["thompson"] = "thompson"
+    diversity: DiversityConfig = DiversityConfig()
+
+
+class ConstraintPolicyConfig(Strict):
+    """Probability that every bound of the objective holds (window constraints on several properties)."""
+
+    kind: Literal["constraint"] = "constraint"
+    diversity: DiversityConfig = DiversityConfig()
+
+
+class MultiFidelityPolicyConfig(Strict):
+    """Cost-aware selection: screen with a cheap oracle, fuse with the surrogate, then UCB."""
+
+    kind: Literal["multi_fidelity"] = "multi_fidelity"
+    screen_factor: int = Field(5, ge=1, description="cheap calls per batch slot")
+    kappa: float = Field(1.0, ge=0)
+    cheap_noise_std: float = Field(
+        0.1, ge=0, description="prior std of cheap - expensive, in property units, until 5 pairs are seen")
+    cheap_cost: float = Field(0.01, ge=0, description="cost of one cheap call per expensive call (reporting)")
+    diversity: DiversityConfig = DiversityConfig()
+
+
+class GeneratorBanditConfig(Strict):
+    """Sharing a proposal budget among generator arms ("generator|condition") by their DFT hit rate."""
+
+    kind: Literal["thompson", "ucb1"] = "thompson"
+    min_share: float = Field(0.05, ge=0, lt=1, description="budget share every arm gets, so none starves")
+    prior_hits: float = Field(1.0, gt=0, description="Beta prior pseudo-count of hits")
+    prior_misses: float = Field(1.0, gt=0, description="Beta prior pseudo-count of misses")
+    exploration: float = Field(1.0, ge=0, description="UCB1 bonus weight")
+
+
+BanditConfig = GeneratorBanditConfig
+
+_POLICY_CONFIGS = (RandomPolicyConfig, GreedyPolicyConfig, UCBPolicyConfig, EIPolicyConfig, PIPolicyConfig,
+                   ThompsonPolicyConfig, ConstraintPolicyConfig, MultiFidelityPolicyConfig)
+_POLICY_KINDS = {cls.model_fields["kind"].default for cls in _POLICY_CONFIGS}
+
+
+def _default_policy_kind(data: Any) -> Any:
+    """``policy: {kappa: 2.0}`` (no kind) means UCB, as before the union existed."""
+    if isinstance(data, dict) and "kind" not in data:
+        return {"kind": "ucb", **data}
+    return data
+
+
+def _drop_policy_tag(data: Any, handler: Any) -> Any:
+    """Report ``policy.kappa``, not ``policy.ucb.kappa``: the union's tag is not a key the user wrote."""
+    try:
+        return handler(data)
+    except ValidationError as exc:
+        details = []
+        for err in exc.errors():
+            loc = err["loc"]
+            if loc and loc[0] in _POLICY_KINDS:
+                loc = loc[1:]
+            details.append(InitErrorDetails(type=err["type"], loc=loc, input=err.get("input"),
+                                            ctx=err.get("ctx", {})))
+        try:
+            stripped = ValidationError.from_exception_data(exc.title, details)
+        except Exception:  # an error type pydantic cannot rebuild: keep the original
+            raise exc from None
+        raise stripped from None
+
+
+PolicyConfig = Annotated[
+    RandomPolicyConfig | GreedyPolicyConfig | UCBPolicyConfig | EIPolicyConfig | PIPolicyConfig
+    | ThompsonPolicyConfig | ConstraintPolicyConfig | MultiFidelityPolicyConfig,
+    Field(discriminator="kind"), BeforeValidator(_default_policy_kind), WrapValidator(_drop_policy_tag),
+]
 
 
 class ExecutionConfig(Strict):
@@ -281,19 +454,25 @@ class CampaignConfig(Strict):
         min_length=1,
     )
     filters: FilterConfig = FilterConfig()
-    surrogate: CGCNNEnsembleConfig = Field(default_factory=lambda: CGCNNEnsembleConfig())
+    surrogate: Annotated[CGCNNEnsembleConfig | ForestSurrogateConfig, Field(discriminator="kind")] = Field(
+        default_factory=lambda: CGCNNEnsembleConfig())
     mlip: MLIPConfig = MLIPConfig()
     dft: DFTOracleConfig = Field(default_factory=GPAWConfig)
-    policy: PolicyConfig = PolicyConfig()
+    policy: PolicyConfig = Field(default_factory=UCBPolicyConfig)
     objective: ObjectiveConfig = ObjectiveConfig()
+    bandit: GeneratorBanditConfig | None = Field(
+        default_factory=lambda: GeneratorBanditConfig(min_share=0.2),
+        description="share proposals among generators by DFT-confirmed hits; null: n_per_round each")
     execution: ExecutionConfig = ExecutionConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="before")
     @classmethod
-    def _default_dft_kind(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("dft"), dict) and "kind" not in data["dft"]:
-            data = {**data, "dft": {"kind": "gpaw", **data["dft"]}}
+    def _default_kinds(cls, data: Any) -> Any:
+        """``dft:`` without a kind is GPAW, ``surrogate:`` without one the CGCNN ensemble."""
+        for key, kind in (("dft", "gpaw"), ("surrogate", "cgcnn_ensemble")):
+            if isinstance(data, dict) and isinstance(data.get(key), dict) and "kind" not in data[key]:
+                data = {**data, key: {"kind": kind, **data[key]}}
         return data
 
     @model_validator(mode="after")

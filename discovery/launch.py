@@ -133,10 +133,12 @@ def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address
     executor = make_executor(config, address)
     filt = CandidateFilter(config.filters)
     filt.add_known(seeds)
-    from discovery.policies.acquisition import make_policy
     import numpy as np
 
-    policy = make_policy(config.policy, np.random.default_rng(
+    from discovery.campaign import hit_objective
+    from discovery.policies.acquisition import make_policy
+
+    policy = make_policy(config.policy, hit_objective(config), np.random.default_rng(
         np.random.SeedSequence(config.seed, spawn_key=(10_000,))))
     campaign = Campaign(config, out_dir, ledger, executor, components, dft, seeds, references, filt,
                         policy, tracker, reporter)

@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from discovery.posterior import Posterior
 from discovery.records import Candidate, Evaluation, FitReport, Prediction, Selection
 
 
@@ -30,6 +31,10 @@ class Surrogate(Protocol):
 
     def predict(self, candidates: Sequence[Candidate]) -> list[Prediction]: ...
 
+    def predict_members(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """Every ensemble member's prediction, spread by the calibrated variance scale.
+        Shapes: (n_members, n)."""
+
     def embed(self, candidates: Sequence[Candidate]) -> np.ndarray:
         """Learned per-crystal embedding (used for batch diversity). Shapes: (n, d)."""
 
@@ -50,9 +55,11 @@ class Oracle(Protocol):
 @runtime_checkable
 class Policy(Protocol):
     name: str
+    needs_surrogate: bool
 
-    def select(self, pool: Sequence[Candidate], predictions: Sequence[Prediction], k: int,
-               context: dict[str, Any]) -> Selection: ...
+    def select(self, pool: Sequence[Candidate], posterior: Posterior, k: int,
+               context: dict[str, Any]) -> Selection:
+        """Pick ``k`` of ``pool`` from the surrogates' beliefs (see `discovery.posterior`)."""
 
     def observe(self, evaluations: Sequence[Evaluation]) -> None: ...
 

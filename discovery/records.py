@@ -143,13 +143,20 @@ class Evaluation(Record):
 
 
 class Selection(Record):
-    """What a policy picked in one round, with the scores it used."""
+    """What a policy picked in one round, with the scores it used.
+
+    Attributes:
+        predictions: candidate id -> (mean, std) the surrogate predicted for the objective's first
+            property, for the chosen candidates.
+        cheap_evaluations: cheap-oracle calls the policy spent on this selection (multi-fidelity).
+    """
 
     round: int
     policy: str
     candidate_ids: tuple[str, ...]
     scores: tuple[float, ...]
     predictions: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    cheap_evaluations: int = 0
 
 
 class FitReport(Record):
@@ -162,3 +169,4 @@ class FitReport(Record):
     epochs: tuple[int, ...] = ()
     wall_s: float = 0.0
     checkpoint: str | None = None
+    variance_scale: float = Field(1.0, description="factor on the predicted std, fitted on held-back labels")

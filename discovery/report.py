@@ -86,7 +86,7 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
     cand_dft = {i: e for i, e in dft.items() if i not in refs}
     hull = Hull([dft[i] for i in refs if i in dft and dft[i].ok], [e for e in cand_dft.values() if e.ok])
 
-    known_after_relax = _rediscovered(cand_dft, [dft[i] for i in refs if i in dft and dft[i].ok])
+    known_after_relax = rediscovered(cand_dft, [dft[i] for i in refs if i in dft and dft[i].ok])
     best = []
     for cid, ev in cand_dft.items():
         if not ev.ok:
@@ -153,7 +153,7 @@ def _failure_classes(evals) -> dict[str, int]:
     return out
 
 
-def _rediscovered(cand_dft: dict[str, Evaluation], refs: list[Evaluation]) -> set[str]:
+def rediscovered(cand_dft: dict[str, Evaluation], refs: list[Evaluation]) -> set[str]:
     """Candidates whose relaxed structure matches a reference or an earlier validated candidate.
 
     Generators propose structures that are new before relaxation; DFT may relax one into a known
@@ -196,7 +196,7 @@ def round_metrics(campaign: Campaign, rnd: int) -> dict[str, float]:
     hull = campaign.dft_hull()
     ids = [cid for cid, r in campaign.submitted.items() if r == rnd]
     done = [campaign.dft[i] for i in ids if i in campaign.dft]
-    errors, best_ef, best_eh, hits = [], None, None, 0
+    errors, z, best_ef, best_eh = [], [], None, None
     for cid, ev in campaign.dft.items():
         if not ev.ok or cid in campaign.references:
             continue
@@ -205,9 +205,10 @@ def round_metrics(campaign: Campaign, rnd: int) -> dict[str, float]:
             continue
         best_ef = res.formation_energy_per_atom if best_ef is None else min(best_ef, res.formation_energy_per_atom)
         best_eh = res.e_above_hull if best_eh is None else min(best_eh, res.e_above_hull)
-        hits += res.e_above_hull <= campaign.config.objective.hit_e_above_hull_ev
         if cid in ids and cid in campaign.predicted:
-            errors.append(abs(campaign.predicted[cid][0] - res.e_above_reference_hull))
+            mean, std = campaign.predicted[cid]
+            errors.append(abs(mean - res.e_above_reference_hull))
+            z.append(abs(mean - res.e_above_reference_hull) / max(std, 1e-9))
     planned = [p for _, _, p, _ in campaign.ledger.rows("round")]
     metrics: dict[str, float] = {
         "candidates_proposed": sum(p["proposed"] for p in planned),
@@ -218,7 +219,7 @@ def round_metrics(campaign: Campaign, rnd: int) -> dict[str, float]:
         "dft_completed_round": sum(1 for e in done if e.ok),
         "dft_failed_round": sum(1 for e in done if not e.ok),
         "dft_completed_total": sum(1 for i, e in campaign.dft.items() if e.ok and i not in campaign.references),
-        "hits": hits,
+        "hits": len(campaign.novel_hits(hull)),
     }
     if best_ef is not None:
         metrics["best_formation_energy"] = best_ef
@@ -226,6 +227,9 @@ def round_metrics(campaign: Campaign, rnd: int) -> dict[str, float]:
     if errors:  # how well the model that ranked this round predicted what DFT then found
         model = campaign.scored_by.get(rnd, "surrogate").replace("-", "_")
         metrics[f"{model}_mae_new_dft"] = sum(errors) / len(errors)
+        # calibration: the share of new DFT labels inside +-1 and +-2 predicted std
+        metrics[f"{model}_within_1sigma"] = sum(v <= 1 for v in z) / len(z)
+        metrics[f"{model}_within_2sigma"] = sum(v <= 2 for v in z) / len(z)
     return metrics
 
 

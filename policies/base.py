@@ -1,75 +1,150 @@
-"""Shared machinery of batch policies: score, then fill a batch under diversity constraints."""
+"""Shared machinery of batch policies: score the pool, spread the batch out, record the choice.
+
+A policy never looks at raw properties. It scores the objective's *utility* (`Objective.utility`:
+> 0 exactly for hits, larger is better) under the surrogate's `Posterior`, then hands the scores to
+the shared diversity step (`BatchDiversifier`). The ``context`` of `BatchPolicy.select` may carry:
+
+- ``"round"`` (int): the campaign round, copied into the `Selection`.
+- ``"scales"`` (property -> float): typical spread of each property, for `Objective.utility`.
+- ``"best_utility"`` (float): best utility among the labelled candidates so far (EI/PI incumbent).
+- ``"cheap_oracle"`` (callable(list[int]) -> property -> (len,) array): cheap estimates for pool
+  indices, NaN where the cheap calculation failed (multi-fidelity).
+- ``"cheap_pairs"`` (property -> (cheap values, expensive labels)): pairs seen so far, to estimate
+  the cheap oracle's error (multi-fidelity).
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from discovery.config import DiversityConfig
-from discovery.records import Candidate, Evaluation, Prediction, Selection
+from discovery.objective import Objective
+from discovery.policies.diversity import BatchDiversifier
+from discovery.posterior import Posterior
+from discovery.records import Candidate, Evaluation, Selection
+
+N_UTILITY_DRAWS = 64
 
 
-class ScoredBatchPolicy:
-    """A policy that ranks candidates by an acquisition score (higher is better) and fills the batch
-    greedily, skipping candidates that break the diversity constraints.
+def scales_of(context: Mapping[str, Any]) -> dict[str, float]:
+    """The property scales of a selection context (empty: every scale is 1)."""
+    return dict(context.get("scales") or {})
 
-    Subclasses implement `acquisition`. Predictions are of the objective to *minimise*
-    (predicted e_above_hull, eV/atom); ``context["embeddings"]`` (n, d) enables the distance rule.
+
+def _scale(scales: Mapping[str, float], prop: str) -> float:
+    return float(scales.get(prop, 1.0)) or 1.0  # the same rule as Objective.utility
+
+
+def utility_moments(objective: Objective, posterior: Posterior, scales: Mapping[str, float],
+                    rng: np.random.Generator, n_draws: int = N_UTILITY_DRAWS
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the utility of every pool candidate under the posterior.
+
+    - One property with a one-sided bound: the utility is linear in the property, so its moments
+      are exact: ``u = margin(mean) / scale``, ``std_u = std / scale``.
+    - One property with a window and no ensemble members: the plug-in ``u(mean)``, ``std / scale``.
+    - One property with a window and members: the moments of every member's utility (exact for
+      the ensemble, no sampling noise).
+    - Several properties: moments over ``posterior.samples(n_draws, rng)`` (members when there
+      are any, Gaussian draws otherwise).
+
+    Shapes: two (n,) arrays.
+    """
+    props = objective.properties
+    if len(props) == 1:
+        prop = props[0]
+        linear = len(objective.bounds) == 1 and (objective.bounds[0].min is None
+                                                 or objective.bounds[0].max is None)
+        members = posterior.members.get(prop)
+        if linear or members is None or not len(members):
+            mean = objective.utility({prop: posterior.mean[prop]}, scales)
+            return mean, np.asarray(posterior.std[prop], dtype=float) / _scale(scales, prop)
+        u = objective.utility({prop: members}, scales)
+        return u.mean(axis=0), u.std(axis=0)
+    u = objective.utility(posterior.samples(n_draws, rng), scales)
+    return u.mean(axis=0), u.std(axis=0)
+
+
+class BatchPolicy:
+    """Scores a pool under the surrogate's posterior and picks a diverse batch of the best.
+
+    Subclasses implement `scores` (higher is better); those whose batch is not "top scores, then
+    diversity" (Thompson sampling, multi-fidelity) override `select`.
+
+    Attributes:
+        name: registry kind of the policy.
+        needs_surrogate: False when the policy can select without a posterior (random).
     """
 
     name = "base"
+    needs_surrogate = True
 
-    def __init__(self, diversity: DiversityConfig, rng: np.random.Generator):
-        self.diversity = diversity
+    def __init__(self, config: Any, objective: Objective, rng: np.random.Generator):
+        self.config = config
+        self.objective = objective
         self.rng = rng
+        self.diversifier = BatchDiversifier(config.diversity)
 
-    def acquisition(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    def scores(self, posterior: Posterior, context: Mapping[str, Any]) -> np.ndarray:
+        """Acquisition value of every pool candidate, higher is better. Shapes: (n,)."""
         raise NotImplementedError
 
-    def select(self, pool: Sequence[Candidate], predictions: Sequence[Prediction], k: int,
+    def select(self, pool: Sequence[Candidate], posterior: Posterior | None, k: int,
                context: dict[str, Any] | None = None) -> Selection:
+        """Pick up to ``k`` candidates of ``pool`` (fewer when the pool or diversity rules run out).
+
+        Args:
+            pool: candidates, in the order of the posterior's arrays.
+            posterior: the surrogate's beliefs over ``pool`` (may be None only when
+                ``needs_surrogate`` is False).
+            k: batch size.
+            context: optional keys, see the module docstring.
+        """
         context = context or {}
-        round_ = int(context.get("round", -1))
-        if not pool:
-            return Selection(round=round_, policy=self.name, candidate_ids=(), scores=())
-        mean = np.array([p.mean for p in predictions], dtype=float)
-        std = np.array([p.std for p in predictions], dtype=float)
-        scores = self.acquisition(mean, std)
-        order = np.argsort(-scores, kind="stable")
-        chosen = diverse_top_k(pool, order, k, self.diversity, context.get("embeddings"))
-        return Selection(
-            round=round_, policy=self.name,
-            candidate_ids=tuple(pool[i].id for i in chosen),
-            scores=tuple(float(scores[i]) for i in chosen),
-            predictions={pool[i].id: (float(mean[i]), float(std[i])) for i in chosen},
-        )
+        self._check(pool, posterior)
+        if not pool or k <= 0:
+            return self._selection(pool, posterior, [], np.zeros(len(pool)), context)
+        scores = self._pool_scores(pool, posterior, context)
+        chosen = self.diversifier.choose(scores, k, [c.formula for c in pool], _embeddings(posterior))
+        return self._selection(pool, posterior, chosen, scores, context)
 
     def observe(self, evaluations: Sequence[Evaluation]) -> None:
-        """Stateless acquisitions learn nothing here; the surrogate carries the knowledge."""
+        """Learn from new labels. The acquisitions here are stateless: the surrogate learns."""
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    def _pool_scores(self, pool: Sequence[Candidate], posterior: Posterior | None,
+                     context: Mapping[str, Any]) -> np.ndarray:
+        return np.asarray(self.scores(posterior, context), dtype=float)
+
+    def _check(self, pool: Sequence[Candidate], posterior: Posterior | None) -> None:
+        if posterior is None:
+            if self.needs_surrogate:
+                raise ValueError(f"policy {self.name!r} needs a surrogate posterior, got None")
+            return
+        if posterior.size != len(pool):
+            raise ValueError(f"posterior covers {posterior.size} candidates, the pool has {len(pool)}")
+        missing = [p for p in self.objective.properties if p not in posterior.mean]
+        if missing and self.needs_surrogate:
+            raise ValueError(f"posterior has no prediction of {missing} "
+                             f"(objective {self.objective.describe()})")
+
+    def _selection(self, pool: Sequence[Candidate], posterior: Posterior | None, chosen: Sequence[int],
+                   scores: np.ndarray, context: Mapping[str, Any], cheap_evaluations: int = 0) -> Selection:
+        first = self.objective.properties[0]
+        predictions = {}
+        if posterior is not None and first in posterior.mean:
+            predictions = {pool[i].id: (float(posterior.mean[first][i]), float(posterior.std[first][i]))
+                           for i in chosen}
+        return Selection(
+            round=int(context.get("round", -1)), policy=self.name,
+            candidate_ids=tuple(pool[i].id for i in chosen),
+            scores=tuple(float(scores[i]) for i in chosen),
+            predictions=predictions, cheap_evaluations=cheap_evaluations,
+        )
 
 
-def diverse_top_k(pool: Sequence[Candidate], order: np.ndarray, k: int, diversity: DiversityConfig,
-                  embeddings: np.ndarray | None) -> list[int]:
-    """Walk candidates in ``order`` and keep those that respect the diversity constraints.
-
-    Constraints: at most ``max_per_formula`` per reduced formula, and (when embeddings are given
-    and ``min_embedding_distance`` > 0) a minimum Euclidean distance to every member already chosen.
-    """
-    chosen: list[int] = []
-    per_formula: Counter[str] = Counter()
-    for i in order:
-        if len(chosen) == k:
-            break
-        formula = pool[i].formula
-        if per_formula[formula] >= diversity.max_per_formula:
-            continue
-        if embeddings is not None and diversity.min_embedding_distance > 0 and chosen:
-            d = np.linalg.norm(embeddings[chosen] - embeddings[i], axis=1).min()
-            if d < diversity.min_embedding_distance:
-                continue
-        chosen.append(int(i))
-        per_formula[formula] += 1
-    return chosen
+def _embeddings(posterior: Posterior | None) -> np.ndarray | None:
+    return None if posterior is None else posterior.embeddings

@@ -14,6 +14,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 BIN = Path(sys.executable).parent / "discovery"
+sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers (replay_tables) import by name
 
 
 @pytest.fixture(scope="session")

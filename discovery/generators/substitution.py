@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from discovery.records import Candidate
+from discovery.generators.conditions import DecileConditions
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -121,13 +122,17 @@ class SubstitutionGenerator:
         }
         self._known: dict[str, Candidate] = {}
         self._hits: set[str] = set()
+        self._labels: dict[str, float] = {}  # candidate id -> formation energy (eV/atom)
+        self.conditions = DecileConditions()
         self._parents: dict[str, _Parent | None] = {}
         self._choices: dict[tuple, tuple[list, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ feedback
 
     def update(self, feedback: dict[str, Any]) -> None:
-        """Merge ``feedback["known"]`` (Candidates) as parents; remember ``feedback["hits"]``."""
+        """Merge ``feedback["known"]`` (Candidates) as parents; remember ``feedback["hits"]``;
+        recompute the formation-energy deciles from ``feedback["labels"]`` ((Candidate, value)
+        pairs) and aim at the decile of the confirmed hits."""
         for cand in feedback.get("known", ()) or ():
             self._known.setdefault(cand.id, cand)
         for hit in feedback.get("hits", ()) or ():
@@ -136,6 +141,13 @@ class SubstitutionGenerator:
                 self._hits.add(hit.id)
             else:
                 self._hits.add(str(hit))
+        for cand, value in feedback.get("labels", ()) or ():
+            self._labels[cand.id] = float(value)
+            for pid in cand.parent_ids:  # a relaxed copy carries the proposed candidate as parent
+                self._labels.setdefault(pid, float(value))
+        if self._labels:
+            self.conditions.update(list(self._labels.values()),
+                                   [v for k, v in self._labels.items() if k in self._hits])
 
     # ------------------------------------------------------------------ proposals
 
@@ -243,7 +255,10 @@ class SubstitutionGenerator:
             if not parents:
                 logger.info("substitution: no usable parents among %d known structures", len(pool_cands))
             return []
-        weights = np.array([self.config.hit_weight if p.candidate.id in self._hits else 1.0 for p in parents])
+        weights = np.array([
+            (self.config.hit_weight if p.candidate.id in self._hits else 1.0)
+            * self.conditions.weight(self._labels.get(p.candidate.id), self.config.decile_weight)
+            for p in parents])
         weights /= weights.sum()
         record = {k: v for k, v in conditions.items() if k != "parents"}
         known_ids = set(self._known) | {p.candidate.id for p in parents}
@@ -264,6 +279,11 @@ class SubstitutionGenerator:
             child = self._child(parent, mapping)
             cond = dict(record)
             cond["parent_formula"] = parent.candidate.formula
+            if self.conditions.ready:
+                cond["target_decile"] = self.conditions.target
+                label = self._labels.get(parent.candidate.id)
+                if label is not None:
+                    cond["parent_decile"] = self.conditions.bin(label)
             cond["substitutions"] = {_label(a): _label(b) for a, b in mapping.items()}
             cand = make_candidate(child, self.name, self.version, parent_ids=(parent.candidate.id,),
                                   conditions=cond)

@@ -34,7 +34,7 @@ CREATE INDEX IF NOT EXISTS by_kind ON records(kind, seq);
 """
 
 # Kinds of rows. Anything else is refused so typos cannot silently create new streams.
-KINDS = {"meta", "session", "candidate", "round", "selection", "submission", "evaluation", "fit"}
+KINDS = {"meta", "session", "candidate", "round", "selection", "submission", "evaluation", "fit", "bandit"}
 
 
 def evaluation_key(candidate_id: str, fingerprint: str) -> str:

@@ -6,6 +6,14 @@ five labels; each member trains on a bootstrap resample of the rest, stops early
 validation MAE and keeps its best weights. Targets are standardised with the training part's mean
 and std; predictions are de-normalised.
 
+Recalibration (``recalibrate``, on by default): the spread of a few networks is a good ranking of
+uncertainty but rarely the right size. After a fit with a validation split, the factor ``s`` that
+makes the validation errors most likely under ``N(mean, (s * std)^2)`` is fitted
+(`discovery.surrogates.calibration.fit_variance_scale`) and every predicted std is multiplied by it.
+No member trained on the validation split (bootstraps draw from the training part only); early
+stopping did look at it, so the scale is, if anything, a little optimistic. Without a split, or with
+a single member (no spread to scale), the scale is 1. It is saved with the checkpoint.
+
 Randomness: the seed is spawned once, at construction, into one split stream and, per member, one
 torch seed and one data stream. A fit therefore depends only on (seed, labels): refitting the same
 labels, or resuming a campaign, gives the same members on CPU. Model initialisation runs under
@@ -33,12 +41,13 @@ from discovery.errors import ConfigError, DataError, NotFittedError
 from discovery.featurize.graphs import ATOM_FEATURE_DIM, edge_feature_dim, structure_to_graph
 from discovery.models.cgcnn import CGCNN
 from discovery.records import Candidate, FitReport, Prediction
+from discovery.surrogates.calibration import coverage, fit_variance_scale, rescale_members
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "cgcnn-ensemble"
 CHECKPOINT_FORMAT = "discovery.cgcnn_ensemble"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: adds variance_scale and calibration
 #: Config keys that do not change what a checkpoint predicts (ignored when loading).
 RUNTIME_KEYS = frozenset({"device"})
 #: Fewest labels for which a validation split is held out.
@@ -60,6 +69,10 @@ class CGCNNEnsembleSurrogate:
     Attributes:
         property: the predicted property (``config.property``).
         config: the configuration it was built with.
+        last_calibration: after a recalibrated fit (or a `load` of one), ``{"before": coverage,
+            "after": coverage, "variance_scale": s}`` on the validation split, where ``coverage`` is
+            the dict of `discovery.surrogates.calibration.coverage` for the raw and the scaled std;
+            else None.
 
     Units: targets, predictions and errors in eV/atom.
     """
@@ -86,6 +99,8 @@ class CGCNNEnsembleSurrogate:
         self._members: list[CGCNN] = []
         self._target_mean = 0.0
         self._target_std = 1.0
+        self._variance_scale = 1.0
+        self.last_calibration: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -93,6 +108,11 @@ class CGCNNEnsembleSurrogate:
     def is_fitted(self) -> bool:
         """Whether the ensemble has weights (from `fit` or `load`)."""
         return bool(self._members)
+
+    @property
+    def variance_scale(self) -> float:
+        """Factor applied to the member spread (1.0 before a recalibrated fit)."""
+        return self._variance_scale
 
     def fit(self, candidates: Sequence[Candidate], targets: Sequence[float]) -> FitReport:
         """Train every member from scratch on ``candidates`` and their ``targets``.
@@ -142,21 +162,25 @@ class CGCNNEnsembleSurrogate:
 
         self._members = members
         self._target_mean, self._target_std = mean, std
+        self._variance_scale, self.last_calibration = 1.0, None
         train_mae = self._ensemble_mae(graphs, train_idx, y)
         val_mae = self._ensemble_mae(graphs, val_idx, y) if len(val_idx) else None
+        if cfg.recalibrate and len(val_idx) and len(members) > 1:
+            self._recalibrate(graphs, val_idx, y)
         checkpoint = None
         if self.checkpoint_dir is not None:
             checkpoint = str(self.save(self.checkpoint_dir / f"cgcnn_ensemble_{self.property}.pt"))
         report = FitReport(n_train=len(train_idx), n_val=len(val_idx), val_mae=val_mae,
                            train_mae=train_mae, epochs=tuple(epochs),
-                           wall_s=time.perf_counter() - start, checkpoint=checkpoint)
+                           wall_s=time.perf_counter() - start, checkpoint=checkpoint,
+                           variance_scale=self._variance_scale)
         logger.info("%s %s fit: n_train=%d n_val=%d train MAE %.4f val MAE %s eV/atom (%.1f s)",
                     MODEL_NAME, self.property, report.n_train, report.n_val, train_mae,
                     "n/a" if val_mae is None else f"{val_mae:.4f}", report.wall_s)
         return report
 
     def predict(self, candidates: Sequence[Candidate]) -> list[Prediction]:
-        """Ensemble mean and std (population std over members) for every candidate.
+        """Ensemble mean and std (population std over members, times `variance_scale`).
 
         Units: eV/atom. An ensemble of one member reports std 0.
 
@@ -169,12 +193,30 @@ class CGCNNEnsembleSurrogate:
             return []
         per_member = self._member_outputs(cands, embed=False)  # (n_members, n)
         mean = per_member.mean(axis=0) * self._target_std + self._target_mean
-        std = per_member.std(axis=0) * self._target_std
+        std = per_member.std(axis=0) * self._target_std * self._variance_scale
         return [
             Prediction(candidate_id=c.id, property=self.property, mean=float(m), std=float(s),
                        model=MODEL_NAME)
             for c, m, s in zip(cands, mean, std, strict=True)
         ]
+
+    def predict_members(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """Every member's prediction, spread around the ensemble mean by `variance_scale`.
+
+        Their mean is the `predict` mean and their population std the `predict` std, so a draw of
+        one member per candidate is a calibrated posterior sample (Thompson sampling).
+
+        Units: eV/atom. Shapes: (ensemble_size, n).
+
+        Raises:
+            NotFittedError: before `fit` or `load`.
+        """
+        cands = list(candidates)
+        self._require_fitted("predict_members")
+        if not cands:
+            return np.zeros((len(self._members), 0))
+        per_member = self._member_outputs(cands, embed=False).astype(np.float64)
+        return rescale_members(per_member * self._target_std + self._target_mean, self._variance_scale)
 
     def embed(self, candidates: Sequence[Candidate]) -> np.ndarray:
         """Member-averaged pooled crystal features (after ``conv_to_fc``).
@@ -208,6 +250,8 @@ class CGCNNEnsembleSurrogate:
             "config": self.config.model_dump(mode="json"),
             "target_mean": self._target_mean,
             "target_std": self._target_std,
+            "variance_scale": self._variance_scale,
+            "calibration": self.last_calibration,
             "atom_fea_dim": ATOM_FEATURE_DIM,
             "edge_fea_dim": self._edge_dim,
             "members": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self._members],
@@ -255,6 +299,8 @@ class CGCNNEnsembleSurrogate:
         try:
             mean = float(payload["target_mean"])
             std = float(payload["target_std"])
+            scale = float(payload["variance_scale"])
+            calibration = payload.get("calibration")
             members = []
             for state in states:
                 model = self._new_model()
@@ -267,8 +313,13 @@ class CGCNNEnsembleSurrogate:
                             f"({type(exc).__name__}: {first})") from exc
         if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
             raise DataError(f"{path}: invalid target normalisation (mean {mean}, std {std})")
+        if not (math.isfinite(scale) and scale > 0):
+            raise DataError(f"{path}: invalid variance scale {scale}")
+        if calibration is not None and not isinstance(calibration, dict):
+            raise DataError(f"{path}: calibration is a {type(calibration).__name__}, expected a mapping")
         self._members = members
         self._target_mean, self._target_std = mean, std
+        self._variance_scale, self.last_calibration = scale, calibration
 
     # ------------------------------------------------------------------ internals
 
@@ -327,6 +378,22 @@ class CGCNNEnsembleSurrogate:
         graphs = self._graphs_for(cands)
         batches = self._collate_chunks(graphs, np.arange(len(graphs)))
         return np.stack([self._outputs(m, batches, embed) for m in self._members])
+
+    def _recalibrate(self, graphs: Sequence[Data], val_idx: np.ndarray, y: np.ndarray) -> None:
+        """Fit and store the variance scale on the validation split (no member trained on it)."""
+        batches = self._collate_chunks(graphs, val_idx)
+        per_member = np.stack([self._outputs(m, batches, False) for m in self._members]).astype(np.float64)
+        mean = per_member.mean(axis=0) * self._target_std + self._target_mean
+        std = per_member.std(axis=0) * self._target_std
+        scale = fit_variance_scale(y[val_idx], mean, std)
+        self._variance_scale = scale
+        self.last_calibration = {"before": coverage(y[val_idx], mean, std),
+                                 "after": coverage(y[val_idx], mean, scale * std),
+                                 "variance_scale": scale}
+        logger.info("%s %s variance scale %.3g from %d validation labels (within 2 sigma %.2f -> %.2f)",
+                    MODEL_NAME, self.property, scale, len(val_idx),
+                    self.last_calibration["before"]["within_2sigma"],
+                    self.last_calibration["after"]["within_2sigma"])
 
     def _ensemble_mae(self, graphs: Sequence[Data], idx: np.ndarray, y: np.ndarray) -> float:
         batches = self._collate_chunks(graphs, idx)

@@ -255,3 +255,54 @@ def test_cuda_fit_predict_and_checkpoint_load_on_cpu(data, tmp_path):
     cpu = CGCNNEnsembleSurrogate(_config(device="cpu", max_epochs=10), seed=0)
     cpu.load(gpu.save(tmp_path / "gpu.pt"))  # device is not part of the checkpoint identity
     np.testing.assert_allclose(_means(cpu.predict(test)), _means(preds), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- recalibration
+
+
+def test_recalibration_scales_std_and_members_and_survives_a_checkpoint(data, fitted, tmp_path):
+    train, y_train, test, _ = data
+    surrogate, report = fitted
+    scale = surrogate.variance_scale
+    calibration = surrogate.last_calibration
+    assert calibration is not None and calibration["variance_scale"] == scale
+    assert 0.1 <= scale <= 100 and scale != 1.0
+    assert calibration["before"]["n"] == calibration["after"]["n"] == report.n_val
+    # the same seed without recalibration trains the same members: only the std changes, by the scale
+    raw = CGCNNEnsembleSurrogate(_config(recalibrate=False), seed=0)
+    raw.fit(train, y_train)
+    assert raw.variance_scale == 1.0 and raw.last_calibration is None
+    scaled, plain = surrogate.predict(test), raw.predict(test)
+    np.testing.assert_allclose(_means(scaled), _means(plain), atol=1e-6)
+    np.testing.assert_allclose([p.std for p in scaled], [scale * p.std for p in plain], rtol=1e-4)
+    # members: (n_members, n) in eV/atom, mean and population std agree with predict
+    members = surrogate.predict_members(test)
+    assert members.shape == (3, len(test))
+    np.testing.assert_allclose(members.mean(axis=0), _means(scaled), atol=1e-5)
+    np.testing.assert_allclose(members.std(axis=0), [p.std for p in scaled], rtol=1e-4, atol=1e-7)
+    # checkpoint round trip keeps the scale and the calibration report
+    restored = CGCNNEnsembleSurrogate(_config(), seed=9)
+    restored.load(surrogate.save(tmp_path / "scaled.pt"))
+    assert restored.variance_scale == scale and restored.last_calibration == calibration
+    assert restored.predict(test) == scaled
+
+
+def test_version_1_checkpoint_is_a_one_line_data_error(fitted, tmp_path):
+    payload = torch.load(fitted[1].checkpoint, map_location="cpu", weights_only=True)
+    old = tmp_path / "old.pt"
+    torch.save({**payload, "version": 1}, old)
+    surrogate = CGCNNEnsembleSurrogate(_config(), seed=0)
+    with pytest.raises(DataError, match="version 1, expected 2") as info:
+        surrogate.load(old)
+    assert str(old) in str(info.value) and "\n" not in str(info.value)
+    assert not surrogate.is_fitted
+
+
+def test_no_validation_split_means_no_recalibration(data):
+    train, y_train, _, _ = data
+    surrogate = CGCNNEnsembleSurrogate(_config(max_epochs=3, ensemble_size=2), seed=5)
+    surrogate.fit(train[:4], y_train[:4])
+    assert surrogate.variance_scale == 1.0 and surrogate.last_calibration is None
+    assert surrogate.predict_members(train[:3]).shape == (2, 3)
+    with pytest.raises(NotFittedError):
+        CGCNNEnsembleSurrogate(_config(), seed=0).predict_members(train[:2])

@@ -1,0 +1,58 @@
+"""Benchmark runs as Ray tasks: one CPU and one BLAS/torch thread each, results as they finish."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import ray
+
+from discovery.actors.workers import SINGLE_THREAD_ENV
+from discovery.benchmark.config import BenchmarkConfig
+from discovery.benchmark.replay import ReplayRun
+from discovery.benchmark.runner import Job, run_job
+from discovery.errors import InfrastructureError
+from discovery.oracles.replay_oracle import ReplayTable
+
+
+@ray.remote(num_cpus=1, max_retries=1)
+def _run(table: ReplayTable, config: BenchmarkConfig, job: Job) -> ReplayRun:
+    logging.getLogger("discovery").setLevel(logging.WARNING)
+    return run_job(table, config, job)
+
+
+def run_jobs_on_ray(table: ReplayTable, config: BenchmarkConfig, jobs: Sequence[Job], address: str | None,
+                    on_done: Callable[[ReplayRun], None] | None = None) -> list[ReplayRun]:
+    """Run ``jobs`` on a local Ray instance (or the cluster at ``address``); results in job order."""
+    started = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        try:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING)
+            else:
+                ray.init(num_cpus=config.execution.num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                         logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            raise InfrastructureError(f"cannot connect to Ray at {address}: {exc}") from None
+        started = True
+    try:
+        table_ref = ray.put(table)
+        config_ref = ray.put(config)
+        # the slowest runs (surrogate policies) first, so the cheap random runs fill the gaps
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i][0] == config.random_label)
+        refs = {_run.options(runtime_env=SINGLE_THREAD_ENV).remote(table_ref, config_ref, jobs[i]): i
+                for i in order}
+        results: list[ReplayRun | None] = [None] * len(jobs)
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            run = ray.get(done[0])
+            results[refs[done[0]]] = run
+            if on_done is not None:
+                on_done(run)
+        return [r for r in results if r is not None]
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,1 @@
+"""Retrospective campaigns: a labelled table as the oracle, to measure policies without DFT."""

@@ -1,0 +1,261 @@
+"""ICSG3D as a campaign generator: decode crystals of a target property decile from a trained model.
+
+The model is trained beforehand (``discovery train icsg3d``, `discovery.generators.icsg3d_pipeline`)
+and loaded from ``checkpoint_dir`` when the generator is built (inside its worker).
+
+Proposals (`ICSG3DGenerator.propose`):
+
+- **targeted** (default, MODELS.md 1.5): z ~ N(mu_base, latent_scale^2 I) around a base compound,
+  decoded under the base's own decile. Bases are the confirmed hits (``update``); before the first
+  hit, the training structures stored in the manifest for the target decile (four per decile).
+  Each candidate records its base in ``parent_ids``.
+- **random**: z ~ N(0, I) under the target decile.
+
+Decoded structures must be valid (1-40 sites, all distances >= 0.5 A, `Samples.valid`) and have at
+most the campaign's ``max_atoms`` sites; duplicates within a call are dropped. Candidates carry
+``conditions = {**conditions, "decile": d, "mode": mode}``. Up to `MAX_DRAWS` draws of
+``OVERSAMPLE`` times the missing number are made, so fewer than ``n`` may come back. With
+``restrict_species`` the species of every voxel is the most likely *campaign* element, so every
+proposal stays in the campaign's chemistry.
+
+Feedback (`ICSG3DGenerator.update`) understands:
+
+- ``labels``: (Candidate, value) pairs of the model's condition property (e.g. DFT formation
+  energies); the decile edges are recomputed with ``np.quantile`` over the training labels plus
+  every label seen so far;
+- ``hits``: candidate ids (or Candidates) confirmed by DFT; they become the bases of targeted
+  sampling, and the target decile moves to the decile most of the labelled hits lie in (ties: the
+  lower one). Without labelled hits the target stays at ``target_decile`` (default 0, the lowest,
+  i.e. most stable, decile);
+- ``known``: Candidates (seeds, evaluated structures), used to resolve hit ids to structures.
+
+With ``fine_tune_epochs > 0`` the VAE is fine-tuned on the hits (same loss, frozen UNet) whenever new
+usable hits arrive; the version then gains a ``-ft<k>`` suffix. The version is otherwise the first
+12 hex digits of the manifest's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from discovery.errors import ConfigError, DataError
+from discovery.records import Candidate
+
+if TYPE_CHECKING:
+    from discovery.config import ICSG3DGeneratorConfig
+
+logger = logging.getLogger(__name__)
+
+#: Samples decoded per missing candidate in one draw (validity is far below 100 %).
+OVERSAMPLE = 3
+#: Draws per `propose` call before giving up on reaching ``n``.
+MAX_DRAWS = 4
+
+
+class ICSG3DGenerator:
+    """`~discovery.protocols.Generator` backed by a trained `ICSG3DModel`.
+
+    Args:
+        config: `ICSG3DGeneratorConfig`.
+        elements: the campaign's elements (species of decoded crystals when ``restrict_species``).
+        max_atoms: proposals with more sites are dropped (0: no limit besides the model's 40).
+
+    Raises:
+        DataError: the checkpoint folder is missing or damaged (one line naming the file).
+        ConfigError: ``target_decile`` outside the model's deciles, an element the model cannot
+            represent, or CUDA without a GPU.
+    """
+
+    name = "icsg3d"
+
+    def __init__(self, config: ICSG3DGeneratorConfig, elements: list[str] | tuple[str, ...] = (),
+                 max_atoms: int = 0):
+        from discovery.generators.icsg3d_pipeline import ICSG3DModel
+
+        self.config = config
+        self.model = ICSG3DModel.load(config.checkpoint_dir, device=config.device)
+        n = self.model.n_deciles
+        if config.target_decile is not None and not 0 <= config.target_decile < n:
+            raise ConfigError(f"generators: icsg3d target_decile {config.target_decile} is outside 0..{n - 1} "
+                              f"(the model in {config.checkpoint_dir} has {n} deciles)")
+        self.elements = list(dict.fromkeys(elements))
+        self.max_atoms = int(max_atoms)
+        self.allowed_species: list[str] | None = None
+        if config.restrict_species and self.elements:
+            from pymatgen.core.periodic_table import Element
+
+            n_classes = self.model.voxel_config.n_classes
+            bad = [e for e in self.elements if Element(e).Z >= n_classes]
+            if bad:
+                raise ConfigError(f"generators: icsg3d cannot represent {bad} (atomic numbers below {n_classes})")
+            self.allowed_species = self.elements
+        self._base_version = self.model.version
+        self.version = self._base_version
+        self._train_labels = np.asarray(self.model.manifest.get("train_labels", []), dtype=np.float64)
+        self.decile_edges = self.model.decile_edges.copy()
+        self.target_decile = 0 if config.target_decile is None else int(config.target_decile)
+        self._labels: dict[str, float] = {}
+        self._candidates: dict[str, Candidate] = {}
+        self._hits: dict[str, None] = {}
+        self._mu: dict[str, np.ndarray] = {}
+        self._unusable: set[str] = set()
+        self._fine_tuned_on: set[str] = set()
+        self._n_fine_tunes = 0
+        self._manifest_bases = [
+            (str(b["id"]), b["structure"], int(b["decile"])) for b in self.model.manifest.get("bases", [])]
+
+    # ------------------------------------------------------------------ feedback
+
+    def update(self, feedback: dict[str, Any]) -> None:
+        """Take labels, hits and known structures into account (see the module docstring)."""
+        for cand in feedback.get("known", ()) or ():
+            self._candidates.setdefault(cand.id, cand)
+        new_labels = False
+        for item in feedback.get("labels", ()) or ():
+            cand, value = item
+            self._candidates[cand.id] = cand
+            if value is not None and math.isfinite(float(value)):
+                self._labels[cand.id] = float(value)
+                new_labels = True
+        for hit in feedback.get("hits", ()) or ():
+            if isinstance(hit, Candidate):
+                self._candidates[hit.id] = hit
+                self._hits.setdefault(hit.id, None)
+            else:
+                self._hits.setdefault(str(hit), None)
+        if new_labels:
+            from discovery.generators.icsg3d_pipeline import decile_edges
+
+            values = np.concatenate([self._train_labels, np.fromiter(self._labels.values(), float)])
+            self.decile_edges = decile_edges(values, self.model.n_deciles)
+            self._mu.clear()  # base deciles may have moved
+        hit_deciles = [self._decile(self._labels[h]) for h in self._hits if h in self._labels]
+        if hit_deciles:
+            counts = Counter(hit_deciles)
+            top = max(counts.values())
+            self.target_decile = min(d for d, c in counts.items() if c == top)
+        if self.config.fine_tune_epochs > 0:
+            self._fine_tune()
+
+    def _decile(self, value: float) -> int:
+        from discovery.generators.icsg3d_pipeline import decile_index
+
+        return int(decile_index([value], self.decile_edges)[0])
+
+    def _fine_tune(self) -> None:
+        new = [h for h in self._hits if h not in self._fine_tuned_on and h in self._candidates
+               and h not in self._unusable]
+        if not new:
+            return
+        ids = [h for h in self._hits if h in self._candidates and h not in self._unusable]
+        structures = [self._candidates[h].pmg for h in ids]
+        deciles = [self._base_decile(h) for h in ids]
+        seed = int.from_bytes(hashlib.sha256("|".join(sorted(ids)).encode()).digest()[:4], "little")
+        losses = self.model.fine_tune_vae(structures, deciles, self.config.fine_tune_epochs, seed=seed)
+        self._fine_tuned_on.update(ids)
+        if losses:
+            self._n_fine_tunes += 1
+            self.version = f"{self._base_version}-ft{self._n_fine_tunes}"
+            self._mu.clear()
+            logger.info("icsg3d: VAE fine-tuned on %d hits for %d epochs (loss %.4g -> %.4g)", len(ids),
+                        len(losses), losses[0], losses[-1])
+
+    # ------------------------------------------------------------------ bases
+
+    def _base_decile(self, cid: str) -> int:
+        if cid in self._labels:
+            return self._decile(self._labels[cid])
+        pred = self.model.heads.predict([self._candidates[cid].pmg], gap_rule=False)[self.model.condition_property]
+        return self._decile(float(pred[0])) if np.isfinite(pred[0]) else self.target_decile
+
+    def _bases(self, decile: int) -> list[tuple[str, Any, int]]:
+        """(id, structure, decile) of the bases for targeted sampling."""
+        hits = [(h, self._candidates[h].pmg, self._base_decile(h)) for h in self._hits
+                if h in self._candidates and h not in self._unusable]
+        if hits:
+            return hits
+        from pymatgen.core import Structure
+
+        stored = [(i, Structure.from_dict(s), d) for i, s, d in self._manifest_bases if i not in self._unusable]
+        return [b for b in stored if b[2] == decile] or stored
+
+    def _encoded(self, bases: list[tuple[str, Any, int]]) -> list[tuple[str, np.ndarray, int]]:
+        """Posterior means of the bases that can be voxelised (cached by id)."""
+        out = []
+        for cid, structure, dec in bases:
+            if cid not in self._mu:
+                try:
+                    mu, _, _ = self.model.encode([structure], [dec])
+                except DataError as exc:
+                    logger.info("icsg3d: base %s cannot be used (%s)", cid, exc)
+                    self._unusable.add(cid)
+                    continue
+                self._mu[cid] = mu[0]
+            out.append((cid, self._mu[cid], dec))
+        return out
+
+    # ------------------------------------------------------------------ proposals
+
+    def propose(self, n: int, conditions: dict[str, Any], rng: np.random.Generator) -> list[Candidate]:
+        """Up to ``n`` valid, distinct crystals of the target decile.
+
+        Args:
+            n: candidates wanted.
+            conditions: campaign conditions, copied into each candidate; ``decile`` and ``mode``
+                override the generator's target and mode for this call.
+            rng: the only source of randomness.
+        """
+        from discovery.generators.icsg3d_pipeline import one_hot
+        from discovery.structures import make_candidate
+
+        if n <= 0:
+            return []
+        decile = int(conditions.get("decile", self.target_decile))
+        if not 0 <= decile < self.model.n_deciles:
+            raise ValueError(f"icsg3d: decile {decile} outside 0..{self.model.n_deciles - 1}")
+        mode = str(conditions.get("mode", self.config.mode))
+        record = {k: v for k, v in conditions.items() if k not in ("decile", "mode")}
+        latent = self.model.config.vae.latent
+        out: list[Candidate] = []
+        seen: set[str] = set()
+        for _ in range(MAX_DRAWS):
+            k = OVERSAMPLE * (n - len(out))
+            bases = self._encoded(self._bases(decile)) if mode == "targeted" else []
+            if mode == "targeted" and bases:
+                pick = rng.integers(len(bases), size=k)
+                mu = np.stack([bases[i][1] for i in pick])
+                z = (mu + self.config.latent_scale * rng.standard_normal((k, latent))).astype(np.float32)
+                deciles = np.array([bases[i][2] for i in pick], dtype=np.int64)
+                samples = self.model.decode(z, one_hot(deciles, self.model.n_deciles), self.allowed_species,
+                                            base_index=pick)
+                used_mode = "targeted"
+            else:
+                if mode == "targeted":
+                    logger.info("icsg3d: no usable base for targeted sampling; sampling at random")
+                samples = self.model.sample_random(k, decile, rng, self.allowed_species)
+                used_mode = "random"
+            for j in np.flatnonzero(samples.valid):
+                structure = samples.structures[j]
+                if self.max_atoms and len(structure) > self.max_atoms:
+                    continue
+                cond = {**record, "decile": int(samples.deciles[j]), "mode": used_mode}
+                parents: tuple[str, ...] = ()
+                if used_mode == "targeted":
+                    parents = (bases[int(samples.base_index[j])][0],)
+                cand = make_candidate(structure, self.name, self.version, parent_ids=parents, conditions=cond)
+                if cand.id in seen:
+                    continue
+                seen.add(cand.id)
+                out.append(cand)
+                if len(out) >= n:
+                    break
+            logger.debug("icsg3d: draw of %d gave %d valid (%d kept so far)", k, int(samples.valid.sum()), len(out))
+            if len(out) >= n:
+                break
+        return out
