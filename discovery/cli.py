@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from discovery.errors import ConfigError, DataError, DiscoveryError, LedgerError, OracleSetupError
+from discovery.train_cli import add_train_parser, cmd_train
 
 USER_ERRORS = (ConfigError, DataError, LedgerError, OracleSetupError)
 
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     tn.add_argument("--json", action="store_true", help="print the trials and the best one as one JSON object")
     tn.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     tn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    add_train_parser(sub)
     return p
 
 
@@ -380,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (batch schedulers, `kill`) stops as cleanly as Ctrl-C: actors and workers are shut down
     signal.signal(signal.SIGTERM, _interrupt)
     handlers = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "benchmark": cmd_benchmark,
-                "tune": cmd_tune}
+                "tune": cmd_tune, "train": cmd_train}
     try:
         code = handlers[args.command](args, console)
         held.show()

@@ -83,9 +83,9 @@ class StageProgress:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
-        self.progress = Progress(TextColumn("[bold]{task.fields[label]:<12}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
-                                 console=console, transient=False)
+        self.progress = Progress(TextColumn("[bold]{task.fields[label]:<12}"), BarColumn(bar_width=24),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 TextColumn("{task.description}"), console=console, transient=False)
         self.labels = dict(STAGES)
         self.tasks: dict[str, Any] = {}
 

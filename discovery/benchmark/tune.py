@@ -141,8 +141,9 @@ def load_tune_config(path: str | Path, overrides: list[str] | None = None
 
 
 def best_campaign(campaign_path: Path, trial: BenchmarkConfig, tune: TuneConfig) -> dict[str, Any]:
-    """The campaign file with the tuned policy, the batch size (as ``dft_per_round``) and, when the
-    surrogate kinds agree, the tuned surrogate settings applied; validated like any campaign.
+    """The campaign file with the tuned policy, the batch size (as ``dft_per_round``, when it was
+    tuned) and, when the surrogate kinds agree, the tuned surrogate settings applied; validated like
+    any campaign.
 
     Raises:
         ConfigError: the result is not a valid campaign.
@@ -152,7 +153,8 @@ def best_campaign(campaign_path: Path, trial: BenchmarkConfig, tune: TuneConfig)
     raw = copy.deepcopy(read_mapping(campaign_path, "campaign"))
     tuned = next(p for p in trial.policies if p.label == tune.policy)
     raw["policy"] = tuned.policy.model_dump(mode="json")
-    raw["dft_per_round"] = trial.batch_size
+    if "batch_size" in tune.space:
+        raw["dft_per_round"] = trial.batch_size
     surrogate_keys = [k.removeprefix("surrogate.") for k in tune.space if k.startswith("surrogate.")]
     campaign_surrogate = (raw.get("surrogate") or {}).get("kind", "cgcnn_ensemble")
     if surrogate_keys and campaign_surrogate == trial.surrogate.kind:

@@ -18,15 +18,18 @@ most the campaign's ``max_atoms`` sites; duplicates within a call are dropped. C
 ``restrict_species`` the species of every voxel is the most likely *campaign* element, so every
 proposal stays in the campaign's chemistry.
 
-Feedback (`ICSG3DGenerator.update`) understands:
+Feedback (`ICSG3DGenerator.update`, the campaign's dict) understands:
 
-- ``labels``: (Candidate, value) pairs of the model's condition property (e.g. DFT formation
-  energies); the decile edges are recomputed with ``np.quantile`` over the training labels plus
-  every label seen so far;
+- ``labels``: (Candidate, value) pairs of the condition property (e.g. DFT formation energies; a
+  label also counts for the candidate's parents, since a relaxed copy names the proposal as its
+  parent). They are used when ``property`` is absent, equals the model's condition property, or
+  both are formation energies (`FORMATION_ENERGY_LABELS`: a perov_5 model conditions on
+  ``heat_ref``, a campaign reports ``formation_energy_per_atom``). The decile edges are then
+  recomputed with ``np.quantile`` over the training labels plus every label seen so far
+  (`discovery.generators.conditions.DecileConditions`, shared with the substitution generator);
 - ``hits``: candidate ids (or Candidates) confirmed by DFT; they become the bases of targeted
-  sampling, and the target decile moves to the decile most of the labelled hits lie in (ties: the
-  lower one). Without labelled hits the target stays at ``target_decile`` (default 0, the lowest,
-  i.e. most stable, decile);
+  sampling, and the target decile moves to the decile of the median labelled hit. Without labelled
+  hits the target stays at ``target_decile`` (default 0, the lowest, i.e. most stable, decile);
 - ``known``: Candidates (seeds, evaluated structures), used to resolve hit ids to structures.
 
 With ``fine_tune_epochs > 0`` the VAE is fine-tuned on the hits (same loss, frozen UNet) whenever new
@@ -39,12 +42,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from discovery.errors import ConfigError, DataError
+from discovery.generators.conditions import DecileConditions
 from discovery.records import Candidate
 
 if TYPE_CHECKING:
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Label names that all mean a formation energy per atom (eV/atom).
+FORMATION_ENERGY_LABELS = frozenset({"formation_energy_per_atom", "heat_ref", "heat_all"})
 #: Samples decoded per missing candidate in one draw (validity is far below 100 %).
 OVERSAMPLE = 3
 #: Draws per `propose` call before giving up on reaching ``n``.
@@ -98,9 +103,11 @@ class ICSG3DGenerator:
         self._base_version = self.model.version
         self.version = self._base_version
         self._train_labels = np.asarray(self.model.manifest.get("train_labels", []), dtype=np.float64)
-        self.decile_edges = self.model.decile_edges.copy()
-        self.target_decile = 0 if config.target_decile is None else int(config.target_decile)
-        self._labels: dict[str, float] = {}
+        self._default_target = 0 if config.target_decile is None else int(config.target_decile)
+        self.conditions = DecileConditions(n, edges=self.model.decile_edges)
+        self.conditions.target = self._default_target
+        self._labels: dict[str, float] = {}  # labelled (evaluated) candidate id -> value
+        self._parent_labels: dict[str, float] = {}  # proposal id -> label of its relaxed copy
         self._candidates: dict[str, Candidate] = {}
         self._hits: dict[str, None] = {}
         self._mu: dict[str, np.ndarray] = {}
@@ -112,41 +119,58 @@ class ICSG3DGenerator:
 
     # ------------------------------------------------------------------ feedback
 
+    @property
+    def decile_edges(self) -> np.ndarray:
+        """Current inner decile edges of the condition property. Shapes: (n_deciles - 1,)."""
+        return self.conditions.edges
+
+    @property
+    def target_decile(self) -> int:
+        """The decile random sampling aims at and whose stored bases targeted sampling starts from."""
+        return int(self.conditions.target)
+
+    def _uses(self, prop: Any) -> bool:
+        mine = self.model.condition_property
+        both_formation = prop in FORMATION_ENERGY_LABELS and mine in FORMATION_ENERGY_LABELS
+        return prop is None or prop == mine or both_formation
+
     def update(self, feedback: dict[str, Any]) -> None:
         """Take labels, hits and known structures into account (see the module docstring)."""
         for cand in feedback.get("known", ()) or ():
             self._candidates.setdefault(cand.id, cand)
-        new_labels = False
-        for item in feedback.get("labels", ()) or ():
-            cand, value = item
+        labels = feedback.get("labels", ()) or ()
+        if labels and not self._uses(feedback.get("property")):
+            logger.info("icsg3d: ignoring %s labels (the model is conditioned on %s)", feedback.get("property"),
+                        self.model.condition_property)
+            labels = ()
+        for cand, value in labels:
             self._candidates[cand.id] = cand
             if value is not None and math.isfinite(float(value)):
                 self._labels[cand.id] = float(value)
-                new_labels = True
+                for pid in cand.parent_ids:  # a relaxed copy names the proposed candidate as parent
+                    self._parent_labels.setdefault(pid, float(value))
         for hit in feedback.get("hits", ()) or ():
             if isinstance(hit, Candidate):
                 self._candidates[hit.id] = hit
                 self._hits.setdefault(hit.id, None)
             else:
                 self._hits.setdefault(str(hit), None)
-        if new_labels:
-            from discovery.generators.icsg3d_pipeline import decile_edges
-
+        hit_values = [v for v in (self._label(h) for h in self._hits) if v is not None]
+        if labels or hit_values:
             values = np.concatenate([self._train_labels, np.fromiter(self._labels.values(), float)])
-            self.decile_edges = decile_edges(values, self.model.n_deciles)
+            self.conditions.update(values, hit_values)
+            if not hit_values:
+                self.conditions.target = self._default_target
             self._mu.clear()  # base deciles may have moved
-        hit_deciles = [self._decile(self._labels[h]) for h in self._hits if h in self._labels]
-        if hit_deciles:
-            counts = Counter(hit_deciles)
-            top = max(counts.values())
-            self.target_decile = min(d for d, c in counts.items() if c == top)
         if self.config.fine_tune_epochs > 0:
             self._fine_tune()
 
     def _decile(self, value: float) -> int:
-        from discovery.generators.icsg3d_pipeline import decile_index
+        return self.conditions.bin(value)
 
-        return int(decile_index([value], self.decile_edges)[0])
+    def _label(self, cid: str) -> float | None:
+        """The label of a candidate, or of the relaxed copy made from it; None when unknown."""
+        return self._labels.get(cid, self._parent_labels.get(cid))
 
     def _fine_tune(self) -> None:
         new = [h for h in self._hits if h not in self._fine_tuned_on and h in self._candidates
@@ -169,9 +193,11 @@ class ICSG3DGenerator:
     # ------------------------------------------------------------------ bases
 
     def _base_decile(self, cid: str) -> int:
-        if cid in self._labels:
-            return self._decile(self._labels[cid])
-        pred = self.model.heads.predict([self._candidates[cid].pmg], gap_rule=False)[self.model.condition_property]
+        label = self._label(cid)
+        if label is not None:
+            return self._decile(label)
+        structure = self._candidates[cid].pmg
+        pred = self.model.heads.predict([structure], gap_rule=False)[self.model.condition_property]
         return self._decile(float(pred[0])) if np.isfinite(pred[0]) else self.target_decile
 
     def _bases(self, decile: int) -> list[tuple[str, Any, int]]:
@@ -255,7 +281,8 @@ class ICSG3DGenerator:
                 out.append(cand)
                 if len(out) >= n:
                     break
-            logger.debug("icsg3d: draw of %d gave %d valid (%d kept so far)", k, int(samples.valid.sum()), len(out))
+            logger.debug("icsg3d: draw of %d gave %d valid (%d kept so far)", k, int(samples.valid.sum()),
+                         len(out))
             if len(out) >= n:
                 break
         return out

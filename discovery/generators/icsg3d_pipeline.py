@@ -16,8 +16,10 @@ Training (`train_icsg3d`), in this order (MODELS.md 1.1-1.5; sizes from `ICSG3DC
    90-degree rotations (`~discovery.featurize.voxels.rotate90`). Species and occupancy are stored as
    uint8; sets above `MEMMAP_THRESHOLD_BYTES` go to memory-mapped files under ``out_dir/cache``.
 4. **Condition.** Decile edges are ``np.quantile`` of the training labels at 0.1, ..., 0.9
-   (``n_deciles`` bins); a label's decile is the bin ``(e_{k-1}, e_k]`` it falls in (``pd.qcut``'s
-   right-closed bins; below the lowest edge is decile 0). One-hot, ``n_deciles`` wide.
+   (``n_deciles`` bins); a label's decile is the bin ``[e_{k-1}, e_k)`` it falls in, as in
+   `discovery.generators.conditions.DecileConditions` (the released code's ``pd.qcut`` closes bins
+   on the right instead, which differs only for a label equal to an edge). One-hot, ``n_deciles``
+   wide.
 5. **Networks.** UNet (`~discovery.models.icsg3d_training.train_unet`), then the VAE with the frozen
    UNet as perceptual model (`train_vae`; both use the same validation maps, grouped by parent), then
    the CGCNN heads on every training structure (`discovery.models.icsg3d_heads.PropertyHeads`).
@@ -53,7 +55,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +106,7 @@ class ICSG3DData:
         condition_property: the label that conditions the VAE.
         n_rows, n_corrupt, n_unlabelled: rows read, unreadable rows, rows without a condition label.
         sha256: digest of the file.
+        load_s: seconds spent reading and checking it.
     """
 
     source: Path
@@ -114,6 +118,7 @@ class ICSG3DData:
     n_corrupt: int = 0
     n_unlabelled: int = 0
     sha256: str = ""
+    load_s: float = 0.0
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -144,6 +149,7 @@ def load_training_data(data_path: str | Path, config: ICSG3DConfig, max_rows: in
     """
     from discovery.data.loaders import load_cdvae_csv
 
+    t0 = time.perf_counter()
     path = Path(data_path)
     loaded = load_cdvae_csv(path, max_rows=max_rows)
     if not loaded.candidates:
@@ -173,7 +179,8 @@ def load_training_data(data_path: str | Path, config: ICSG3DConfig, max_rows: in
               for p in properties}
     return ICSG3DData(source=path, candidates=keep, labels=labels, properties=properties,
                       condition_property=prop, n_rows=loaded.n_rows, n_corrupt=loaded.n_corrupt,
-                      n_unlabelled=len(loaded.candidates) - len(keep), sha256=_file_sha256(path))
+                      n_unlabelled=len(loaded.candidates) - len(keep), sha256=_file_sha256(path),
+                      load_s=time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- deciles
@@ -196,16 +203,16 @@ def decile_edges(values: Sequence[float], n_deciles: int = 10) -> np.ndarray:
 
 
 def decile_index(values: Sequence[float] | float, edges: np.ndarray) -> np.ndarray:
-    """Decile of each value: bins ``(e_{k-1}, e_k]``, values below the first edge in bin 0.
+    """Decile of each value: bins ``[e_{k-1}, e_k)`` (`DecileConditions.bin`), below e_0 in bin 0.
 
     Example:
-        >>> decile_index([0.0, 5.0, 5.1, 99.0], np.array([5.0])).tolist()
+        >>> decile_index([0.0, 4.9, 5.0, 99.0], np.array([5.0])).tolist()
         [0, 0, 1, 1]
     """
     v = np.atleast_1d(np.asarray(values, dtype=np.float64))
     if not np.all(np.isfinite(v)):
         raise ValueError("decile_index: values must be finite")
-    return np.digitize(v, np.asarray(edges, dtype=np.float64), right=True).astype(np.int64)
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), v, side="right").astype(np.int64)
 
 
 def one_hot(index: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
@@ -288,20 +295,18 @@ def _augment(arrays: Mapping[str, np.ndarray], deciles: np.ndarray, n_deciles: i
 
 
 class _Timer:
+    """Wall time per stage: ``with timer("unet"): ...`` adds to ``timer.wall["unet"]``."""
+
     def __init__(self) -> None:
         self.wall: dict[str, float] = {}
 
-    def __call__(self, name: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.wall[name] = timer.wall.get(name, 0.0) + time.perf_counter() - self.t0
-
-        return _Ctx()
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- training
@@ -347,10 +352,14 @@ def train_icsg3d(data_path: str | Path | ICSG3DData, config: ICSG3DConfig, out_d
         if progress is not None:
             progress(stage, done, total, dict(info or {}))
 
-    with timer("load"):
-        report("load", 0, 1)
-        data = data_path if isinstance(data_path, ICSG3DData) else load_training_data(data_path, config)
-        report("load", 1, 1)
+    report("load", 0, 1)
+    if isinstance(data_path, ICSG3DData):
+        data = data_path
+        t_start -= data.load_s  # read by the caller beforehand: still part of the training time
+    else:
+        data = load_training_data(data_path, config)
+    timer.wall["load"] = data.load_s
+    report("load", 1, 1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stale = out / MANIFEST_NAME
@@ -429,8 +438,8 @@ def train_icsg3d(data_path: str | Path | ICSG3DData, config: ICSG3DConfig, out_d
     with timer("heads"):
         heads = PropertyHeads(config.cgcnn, data.properties, device=device)
         report("heads", 0, config.cgcnn.epochs * len(heads.properties))
-        heads.fit([data.candidates[i].pmg for i in train_idx], {p: data.labels[p][train_idx] for p in
-                                                                 heads.properties},
+        train_structures = [data.candidates[i].pmg for i in train_idx]
+        heads.fit(train_structures, {p: data.labels[p][train_idx] for p in heads.properties},
                   seed=heads_ss, progress=report, log_metrics=tracker.log_metrics)
         heads.save(out / FILES["heads"])
 
@@ -600,6 +609,7 @@ class ICSG3DModel:
         """
         from pydantic import ValidationError
 
+        from discovery.featurize.voxels import VoxelConfig
         from discovery.models.icsg3d_heads import PropertyHeads
         from discovery.models.icsg3d_training import load_checkpoint, unet_architecture, vae_architecture
 
@@ -614,20 +624,27 @@ class ICSG3DModel:
             raise DataError(f"{path}: not a readable ICSG3D manifest ({type(exc).__name__}: "
                             f"{' '.join(str(exc).split())[:200]})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-            raise DataError(f"{path}: not an ICSG3D manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise DataError(f"{path}: not an ICSG3D manifest (format {found!r}, expected {MANIFEST_FORMAT!r})")
         if manifest.get("version") != MANIFEST_VERSION:
             raise DataError(f"{path}: manifest version {manifest.get('version')!r}, expected {MANIFEST_VERSION}")
         try:
             config = ICSG3DConfig.model_validate(manifest["config"])
+            voxel = VoxelConfig.model_validate(manifest.get("voxel", {"d": config.grid}))
             edges = np.asarray(manifest["decile_edges"], dtype=np.float64)
             properties = [str(p) for p in manifest["properties"]]
             files = {part: manifest["files"][part] for part in FILES}
-            str(manifest["condition_property"])
+            condition = manifest["condition_property"]
+            if not isinstance(condition, str) or not properties or properties[0] != condition:
+                raise ValueError("condition_property must be the first of properties")
+            if voxel.d != config.grid:
+                raise ValueError(f"voxel grid {voxel.d} differs from config grid {config.grid}")
         except ValidationError as exc:
             err = exc.errors()[0]
             raise DataError(f"{path}: config.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{path}: damaged manifest ({type(exc).__name__}: {exc})") from None
+            raise DataError(f"{path}: damaged manifest ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]})") from None
         if edges.shape != (config.n_deciles - 1,) or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) < 0):
             raise DataError(f"{path}: decile_edges must be {config.n_deciles - 1} finite, non-decreasing numbers")
 
@@ -718,7 +735,8 @@ class ICSG3DModel:
         with torch.inference_mode():
             for start in range(0, len(x), self._batch):
                 xb = torch.as_tensor(x[start:start + self._batch], device=self.device)
-                cb = torch.as_tensor(one_hot(deciles[start:start + self._batch], self.n_deciles), device=self.device)
+                cb = torch.as_tensor(one_hot(deciles[start:start + self._batch], self.n_deciles),
+                                     device=self.device)
                 mu, logvar = self.vae.encode(xb, cb)
                 mus.append(mu.float().cpu().numpy())
                 logvars.append(logvar.float().cpu().numpy())

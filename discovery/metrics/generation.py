@@ -127,7 +127,8 @@ def structure_fingerprint(structure) -> np.ndarray:
         if d.size == 0:
             continue
         ratio = d / d.min()
-        hist += np.exp(-((ratio[:, None] - _SHELL_CENTRES[None, :]) ** 2) / (2 * _SHELL_WIDTH**2)).sum(axis=0) / 12.0
+        smeared = np.exp(-((ratio[:, None] - _SHELL_CENTRES[None, :]) ** 2) / (2 * _SHELL_WIDTH**2))
+        hist += smeared.sum(axis=0) / 12.0
     return hist / max(n, 1)
 
 

@@ -37,19 +37,20 @@ perov_5/val.csv (3,030 structures) within 60 minutes on 2 shared cores, planned 
   would give only a handful of updates per epoch.
 
 Time arithmetic (step times measured with torch on this project's 2-core worker while other jobs
-shared it, load average 2-3; a quiet machine was up to 4x faster):
+shared it, load average 2-3; in quieter moments the same steps ran up to 5x faster):
 
-- UNet, batch 4 at 32^3: 4.0 s per training step at widths / 4 (MODELS.md), 2.0 s at widths / 8;
-  inference 0.13-0.15 s per map. Per epoch: 100 steps x 2.0 s + 100 validation maps x 0.15 s
-  = 215 s; 5 epochs = 1,075 s.
-- VAE, batch 8 with its perceptual pass through the frozen UNet: 2.75 s per step, about 0.11 s
-  per validation map. Per epoch: 50 steps x 2.75 s + 100 x 0.11 s = 149 s; 8 epochs = 1,188 s.
+- UNet, batch 4 at 32^3: 4.0 s per training step at widths / 4 (MODELS.md), 2.0 s at widths / 8
+  (0.4 s when quiet); inference 0.13-0.15 s per map. Per epoch: 100 steps x 2.0 s + 100
+  validation maps x 0.15 s = 215 s; 5 epochs = 1,075 s.
+- VAE, batch 8 with its perceptual pass through the frozen UNet: 2.75 s per step (0.4 s when
+  quiet), about 0.11 s per validation map. Per epoch: 50 steps x 2.75 s + 100 x 0.11 s = 149 s;
+  8 epochs = 1,188 s.
 - Reading the CSV (3,787 CIFs with canonical ids) 18 s; voxels for 500 structures 3 s; CGCNN
-  heads about 0.16 ms per graph and epoch: 4 properties x 30 epochs x 2,424 graphs = 47 s, with
-  graphs, validation and checkpoints about 80 s.
-- Total about 2,350 s = 39 minutes on the loaded machine (15 minutes on a quiet one). With
-  MODELS.md's table (widths / 4, 2 copies of 500 structures, 10 + 20 epochs) it would be
-  8,000 + 5,500 s UNet and VAE steps, about 4 h.
+  heads 0.7 s per epoch and property when quiet (2,424 training + 606 validation graphs):
+  4 properties x 30 epochs = 85 s, about 300 s on the loaded machine.
+- Total about 2,600 s = 43 minutes on the loaded machine (about 9 minutes on a quiet one). With
+  MODELS.md's table (widths / 4, 2 copies of 500 structures, 10 + 20 epochs) the UNet and VAE
+  steps alone would take 8,000 + 5,500 s, about 4 h.
 """
 
 from __future__ import annotations

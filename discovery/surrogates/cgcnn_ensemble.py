@@ -360,7 +360,8 @@ class CGCNNEnsembleSurrogate:
         (batch norm needs two values per channel in training)."""
         chunks = [order[i:i + size] for i in range(0, len(order), size)]
         if len(chunks) > 1 and sum(graphs[i].num_nodes for i in chunks[-1]) < 2:
-            chunks[-2] = np.concatenate([chunks[-2], chunks.pop()])
+            last = chunks.pop()
+            chunks[-1] = np.concatenate([chunks[-1], last])
         return chunks
 
     def _collate_chunks(self, graphs: Sequence[Data], idx: np.ndarray) -> list[Batch]:

@@ -78,16 +78,21 @@ def test_training_writes_checkpoints_manifest_and_tracks(trained):
     assert [s for i, s in enumerate(stages) if s not in stages[:i]] == ["load", "featurise", "unet", "vae", "heads"]
 
 
-def test_training_is_reproducible_and_reuses_the_cache(trained, tmp_path, caplog):
+@pytest.mark.slow
+def test_training_is_reproducible_reuses_the_cache_and_can_memory_map(trained, tmp_path, caplog, monkeypatch):
     import torch
 
+    from discovery.generators import icsg3d_pipeline
     from discovery.generators.icsg3d_pipeline import load_training_data, train_icsg3d
 
     data = load_training_data(trained.data, trained.config)
     shutil.copytree(trained.out / "cache", tmp_path / "again" / "cache")
-    with caplog.at_level("INFO", logger="discovery.featurize.voxels"):
+    monkeypatch.setattr(icsg3d_pipeline, "MEMMAP_THRESHOLD_BYTES", 0)  # the faithful preset's path
+    with caplog.at_level("INFO", logger="discovery"):
         again = train_icsg3d(data, trained.config, tmp_path / "again", seed=0)
-    assert any("voxel cache hit" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("voxel cache hit" in m for m in messages) and any("memory-mapped" in m for m in messages)
+    assert not list((tmp_path / "again" / "cache").glob("augmented-*"))  # removed after training
     assert again.manifest["split"] == trained.model.manifest["split"]
     assert again.manifest["decile_edges"] == trained.model.manifest["decile_edges"]
     for part in ("unet", "vae"):
@@ -243,11 +248,16 @@ def test_generator_update_recomputes_deciles_and_retargets_to_the_hits(trained):
     train_labels = list(trained.model.manifest["train_labels"])
     cands = [make_candidate(perovskite(a, "Ti", 3.9 + 0.02 * i), "dft") for i, a in enumerate(("Sr", "Ba", "Ca"))]
     labels = [5.0, 6.0, 7.0]  # far above every training label: the top decile after the update
-    gen.update({"labels": list(zip(cands, labels)), "round": 1})
-    assert np.allclose(gen.decile_edges, np.quantile(train_labels + labels, [0.25, 0.5, 0.75]))
+    gen.update({"labels": list(zip(cands, labels)), "property": "band_gap"})  # not the model's condition
+    assert np.allclose(gen.decile_edges, trained.model.decile_edges)
+    relaxed = make_candidate(perovskite("Pb", "Ti", 4.1), "dft", parent_ids=("proposal-1",))
+    gen.update({"labels": [*zip(cands, labels), (relaxed, 0.0)], "round": 1,
+                "property": "formation_energy_per_atom"})  # a formation energy, as heat_ref
+    assert np.allclose(gen.decile_edges, np.quantile(train_labels + labels + [0.0], [0.25, 0.5, 0.75]))
+    assert gen._label("proposal-1") == 0.0  # a label also counts for the proposal it was relaxed from
     assert gen.target_decile == 0 and gen.version == trained.model.version  # no hits yet
     gen.update({"hits": [cands[1].id, cands[2].id], "known": cands})
-    assert gen.target_decile == 3
+    assert gen.target_decile == 3  # the decile of the median hit
     bases = gen._bases(gen.target_decile)
     assert [b[0] for b in bases] == [cands[1].id, cands[2].id] and all(b[2] == 3 for b in bases)
     assert gen.version == f"{trained.model.version}-ft1"  # fine-tuned on the two hits
