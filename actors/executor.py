@@ -18,9 +18,9 @@ from typing import Any
 
 import ray
 
+from discovery.actors.cluster import connect
 from discovery.actors.workers import SINGLE_THREAD_ENV, ComponentActor, DFTActor
 from discovery.build import ComponentSpec
-from discovery.errors import InfrastructureError
 from discovery.executor import DFTResultQueue
 from discovery.records import Candidate, Evaluation, Failure, Provenance
 
@@ -53,17 +53,8 @@ class RayExecutor(DFTResultQueue):
     # ---------------------------------------------------------------- lifecycle
 
     def start(self, components: dict[str, ComponentSpec], dft: ComponentSpec, dft_slots: int) -> None:
-        if not ray.is_initialized():
-            try:
-                if self.address:
-                    ray.init(address=self.address, logging_level=logging.WARNING)
-                else:
-                    ray.init(num_cpus=self.num_cpus or max(dft_slots, os.cpu_count() or 1),
-                             resources={"dft": dft_slots}, include_dashboard=False,
-                             logging_level=logging.WARNING)
-            except ConnectionError as exc:
-                raise InfrastructureError(f"cannot connect to Ray at {self.address}: {exc}") from None
-            self._started_ray = True
+        self._started_ray = connect(self.address, self.num_cpus or max(dft_slots, os.cpu_count() or 1),
+                                    resources={"dft": dft_slots}) or self._started_ray
         dft_resources = {"dft": 1} if ray.cluster_resources().get("dft", 0) >= 1 else {}
         self._actors = {
             name: ComponentActor.options(num_cpus=0, runtime_env=SINGLE_THREAD_ENV).remote(spec)

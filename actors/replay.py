@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 
 import ray
 
+from discovery.actors.cluster import connect
 from discovery.actors.workers import SINGLE_THREAD_ENV
 from discovery.benchmark.config import BenchmarkConfig
 from discovery.benchmark.replay import ReplayRun
 from discovery.benchmark.runner import Job, run_job
-from discovery.errors import InfrastructureError
 from discovery.oracles.replay_oracle import ReplayTable
 
 
@@ -25,18 +24,7 @@ def _run(table: ReplayTable, config: BenchmarkConfig, job: Job) -> ReplayRun:
 def run_jobs_on_ray(table: ReplayTable, config: BenchmarkConfig, jobs: Sequence[Job], address: str | None,
                     on_done: Callable[[ReplayRun], None] | None = None) -> list[ReplayRun]:
     """Run ``jobs`` on a local Ray instance (or the cluster at ``address``); results in job order."""
-    started = False
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        try:
-            if address:
-                ray.init(address=address, logging_level=logging.WARNING)
-            else:
-                ray.init(num_cpus=config.execution.num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                         logging_level=logging.WARNING)
-        except ConnectionError as exc:
-            raise InfrastructureError(f"cannot connect to Ray at {address}: {exc}") from None
-        started = True
+    started = connect(address, config.execution.num_cpus)
     try:
         table_ref = ray.put(table)
         config_ref = ray.put(config)

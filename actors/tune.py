@@ -8,7 +8,6 @@ create its schema fail.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,11 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from discovery.actors.cluster import connect
 from discovery.actors.workers import SINGLE_THREAD_ENV
 from discovery.benchmark.config import BenchmarkConfig
 from discovery.benchmark.replay import iter_replay
 from discovery.benchmark.tune import SearchDimension, TuneConfig, trial_config
-from discovery.errors import InfrastructureError
 from discovery.oracles.replay_oracle import ReplayTable
 
 
@@ -67,19 +66,7 @@ def _trial(params: dict[str, Any], table: ReplayTable, base: BenchmarkConfig, tu
 def run_tune(table: ReplayTable, base: BenchmarkConfig, tune_config: TuneConfig, out_dir: Path,
              tracking_uri: str | None, address: str | None = None):
     """Run the sweep; returns Ray Tune's `ResultGrid`."""
-    started = False
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        try:
-            if address:
-                ray.init(address=address, logging_level=logging.WARNING)
-            else:
-                ray.init(num_cpus=tune_config.execution.num_cpus or os.cpu_count() or 1,
-                         include_dashboard=False, logging_level=logging.WARNING,
-                         runtime_env=SINGLE_THREAD_ENV)
-        except ConnectionError as exc:
-            raise InfrastructureError(f"cannot connect to Ray at {address}: {exc}") from None
-        started = True
+    started = connect(address, tune_config.execution.num_cpus, runtime_env=SINGLE_THREAD_ENV)
     experiment = tune_config.tracking.experiment or f"tune-{tune_config.name}"
     try:
         scheduler = ASHAScheduler(time_attr="calls", max_t=base.budget,

@@ -17,7 +17,8 @@ Step order of one round (see DESIGN.md §1):
 
 Cold start: until the DFT hull is complete and the surrogate has ``MIN_LABELS`` labels,
 candidates are ranked by their CHGNet e_above_hull (an explicit cheap-fidelity prior, recorded
-as model "mlip-prior" in the selection) instead of the surrogate.
+as model "mlip-prior" in the selection) instead of the surrogate; with the MLIP switched off they
+are taken in a seeded random order (model "uninformed").
 
 The driver is the only ledger writer and never imports Ray. Resume: everything decided or
 computed is in the ledger, so a restarted driver re-submits only what has no result, and the
@@ -315,7 +316,8 @@ class Campaign:
 
         # score
         preds = self._predict(accepted, hull)
-        stats.scored_by = self.scored_by[rnd] = "surrogate" if preds is not None else "mlip-prior"
+        prior = "mlip-prior" if self.config.mlip.enabled else "uninformed"
+        stats.scored_by = self.scored_by[rnd] = "surrogate" if preds is not None else prior
 
         # screen with the MLIP
         pool, pool_preds = self._screen(rnd, accepted, preds, stats)
@@ -489,8 +491,10 @@ class Campaign:
             order = self._rng(rnd, 1).permutation(len(pool))
             ranked = [pool[i] for i in order]
         if not self.config.mlip.enabled:
-            kept = ranked if preds is not None else []
-            return kept, [self._as_prediction(c, preds[c.id], "surrogate", rnd) for c in kept]
+            if preds is not None:
+                return ranked, [self._as_prediction(c, preds[c.id], "surrogate", rnd) for c in ranked]
+            # no MLIP and no surrogate yet: every candidate looks the same, in a seeded random order
+            return ranked, [self._as_prediction(c, (0.0, PRIOR_STD_EV), "uninformed", rnd) for c in ranked]
         batch = ranked[: self.config.mlip.top_k]
         self.reporter.status(f"round {rnd}: CHGNet relaxing {len(batch)} candidates")
         evals = self.executor.call("mlip", "evaluate_many", batch) if batch else []

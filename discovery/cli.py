@@ -283,8 +283,11 @@ def cmd_tune(args, console) -> int:
                                      if not tune_config.tracking.tracking_uri else None)
     from discovery.actors.tune import run_tune
 
+    import contextlib
+
     with console.status(f"tuning {tune_config.policy} on {tune_config.objective}: "
-                        f"{tune_config.num_samples} trials x {len(tune_config.seeds)} seed(s)"):
+                        f"{tune_config.num_samples} trials x {len(tune_config.seeds)} seed(s)"), \
+            contextlib.redirect_stdout(sys.stderr):  # Tune's own tables must not mix with --json
         grid = run_tune(table, base, tune_config, out, uri, args.address)
     trials = []
     for result in grid:

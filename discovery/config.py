@@ -552,16 +552,12 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> CampaignCo
         raise ConfigError(_format_validation_error(source, exc)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> CampaignConfig:
-    """Read, override and validate a campaign file.
-
-    Raises:
-        ConfigError: one line naming the file, the key path and what was expected.
-    """
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping (an empty file is an empty mapping), or `ConfigError` in one
+    line naming the file."""
     source = str(path)
     if not path.is_file():
-        raise ConfigError(f"{source}: campaign file not found")
+        raise ConfigError(f"{source}: {what} file not found")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -574,7 +570,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Campaig
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
-    raw = copy.deepcopy(raw)
+    return copy.deepcopy(raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> CampaignConfig:
+    """Read, override and validate a campaign file.
+
+    Raises:
+        ConfigError: one line naming the file, the key path and what was expected.
+    """
+    path = Path(path)
+    source = str(path)
+    raw = read_yaml_mapping(path, "campaign")
     for key, value in parse_overrides(overrides, source):
         top = key.split(".")[0]
         default = CampaignConfig.model_fields.get(top)

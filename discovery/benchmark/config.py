@@ -7,11 +7,9 @@ the shared data.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from discovery.config import (
@@ -24,6 +22,7 @@ from discovery.config import (
     _format_validation_error,
     _set_path,
     parse_overrides,
+    read_yaml_mapping,
 )
 from discovery.errors import ConfigError
 from discovery.objective import Objective
@@ -124,24 +123,6 @@ class BenchmarkConfig(Strict):
         return next(p.label for p in self.policies if p.policy.kind == "random")
 
 
-def read_mapping(path: Path, what: str) -> dict[str, Any]:
-    """A YAML file's top-level mapping, or `ConfigError` in one line."""
-    source = str(path)
-    if not path.is_file():
-        raise ConfigError(f"{source}: {what} file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not a text file") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
-    return copy.deepcopy(raw)
-
-
 def validate_model(model: type[BaseModel], raw: dict[str, Any], source: str):
     try:
         return model.model_validate(raw)
@@ -180,7 +161,7 @@ def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) 
         ConfigError: one line naming the file, the key path and what was expected.
     """
     path = Path(path)
-    raw = read_mapping(path, "benchmark")
+    raw = read_yaml_mapping(path, "benchmark")
     for key, value in parse_overrides(overrides, str(path)):
         _set_path(raw, key, value, str(path))
     config = validate_model(BenchmarkConfig, raw, str(path))

@@ -24,10 +24,9 @@ from pydantic import Field, model_validator
 from discovery.benchmark.config import (
     BenchmarkConfig,
     load_benchmark_config,
-    read_mapping,
     validate_model,
 )
-from discovery.config import ExecutionConfig, Strict, TrackingConfig, _set_path
+from discovery.config import ExecutionConfig, Strict, TrackingConfig, _set_path, read_yaml_mapping
 from discovery.errors import ConfigError
 
 
@@ -113,7 +112,7 @@ def load_tune_config(path: str | Path, overrides: list[str] | None = None
     from discovery.config import parse_overrides
 
     path = Path(path)
-    raw = read_mapping(path, "tune")
+    raw = read_yaml_mapping(path, "tune")
     for key, value in parse_overrides(overrides, str(path)):
         _set_path(raw, key, value, str(path))
     tune = validate_model(TuneConfig, raw, str(path))
@@ -150,7 +149,7 @@ def best_campaign(campaign_path: Path, trial: BenchmarkConfig, tune: TuneConfig)
     """
     from discovery.config import validate_config
 
-    raw = copy.deepcopy(read_mapping(campaign_path, "campaign"))
+    raw = copy.deepcopy(read_yaml_mapping(campaign_path, "campaign"))
     tuned = next(p for p in trial.policies if p.label == tune.policy)
     raw["policy"] = tuned.policy.model_dump(mode="json")
     if "batch_size" in tune.space:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from discovery.errors import DataError
+from discovery.models.checkpoints import check_config, first_line, read_checkpoint, write_checkpoint
 from discovery.models.cond_dfc_vae import CondDFCVAE, vae_loss
 from discovery.models.icsg3d_heads import CGCNNHeadsModule
 from discovery.models.icsg3d_presets import ICSG3DConfig
@@ -433,22 +433,7 @@ def save_checkpoint(path: str | Path, kind: str, config_dict: Mapping[str, Any],
         "state": {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()},
         "extra": _plain(dict(extra or {}), "extra"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _first_line(exc: BaseException) -> str:
-    """The exception as one short line (torch's state-dict errors span several lines)."""
-    text = " ".join(str(exc).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return write_checkpoint(path, payload)
 
 
 def load_checkpoint(path: str | Path, kind: str, expected_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -474,31 +459,9 @@ def load_checkpoint(path: str | Path, kind: str, expected_config: Mapping[str, A
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged or foreign files
-        raise DataError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise DataError(f"{path}: format {found!r} is not a {CHECKPOINT_FORMAT!r} checkpoint")
-    if payload.get("kind") != kind:
-        raise DataError(f"{path}: checkpoint holds a {payload.get('kind')!r} model, expected {kind!r}")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise DataError(f"{path}: checkpoint version {payload.get('version')!r}, "
-                        f"expected {CHECKPOINT_VERSION}")
-    stored = payload.get("config")
-    if not isinstance(stored, dict):
-        raise DataError(f"{path}: checkpoint has no config mapping")
+    payload = read_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, kind)
     mine = _normalise(expected_config)
-    missing = "<missing>"
-    diff = sorted(k for k in set(stored) | set(mine) if stored.get(k, missing) != mine.get(k, missing))
-    if diff:
-        detail = "; ".join(f"{k}: file has {stored.get(k, missing)!r}, expected {mine.get(k, missing)!r}"
-                           for k in diff)
-        raise DataError(f"{path}: checkpoint config does not match ({detail})")
+    check_config(path, payload["config"], mine)
     state = payload.get("state")
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise DataError(f"{path}: checkpoint has no state dict of tensors")
@@ -506,7 +469,7 @@ def load_checkpoint(path: str | Path, kind: str, expected_config: Mapping[str, A
         model = MODEL_KINDS[kind](**mine)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: weights do not fit a {kind} of this configuration ({_first_line(exc)})"
+        raise DataError(f"{path}: weights do not fit a {kind} of this configuration ({first_line(exc)})"
                         ) from exc
     model.eval()
     payload["model"] = model

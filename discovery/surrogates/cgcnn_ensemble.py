@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from discovery.config import CGCNNEnsembleConfig
 from discovery.errors import ConfigError, DataError, NotFittedError
 from discovery.featurize.graphs import ATOM_FEATURE_DIM, edge_feature_dim, structure_to_graph
 from discovery.models.cgcnn import CGCNN
+from discovery.models.checkpoints import check_config, first_line, read_checkpoint, write_checkpoint
 from discovery.records import Candidate, FitReport, Prediction
 from discovery.surrogates.calibration import coverage, fit_variance_scale, rescale_members
 
@@ -242,8 +242,6 @@ class CGCNNEnsembleSurrogate:
             NotFittedError: nothing to save yet.
         """
         self._require_fitted("save")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -256,10 +254,7 @@ class CGCNNEnsembleSurrogate:
             "edge_fea_dim": self._edge_dim,
             "members": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self._members],
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        return write_checkpoint(path, payload)
 
     def load(self, path: str | Path) -> None:
         """Replace the ensemble with the one saved at ``path``.
@@ -269,30 +264,8 @@ class CGCNNEnsembleSurrogate:
                 written with a different configuration (``device`` aside); one line naming the file.
         """
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: checkpoint file not found")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for damaged or foreign files
-            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-            raise DataError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {reason})"
-                            ) from exc
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise DataError(f"{path}: format {found!r} is not a {CHECKPOINT_FORMAT!r} checkpoint")
-        if payload.get("version") != CHECKPOINT_VERSION:
-            raise DataError(f"{path}: checkpoint version {payload.get('version')!r}, "
-                            f"expected {CHECKPOINT_VERSION}")
-        stored = payload.get("config")
-        if not isinstance(stored, dict):
-            raise DataError(f"{path}: checkpoint has no config mapping")
-        mine = self.config.model_dump(mode="json")
-        diff = sorted(k for k in set(stored) | set(mine)
-                      if k not in RUNTIME_KEYS and stored.get(k, "<missing>") != mine.get(k, "<missing>"))
-        if diff:
-            detail = "; ".join(f"{k}: file has {stored.get(k, '<missing>')!r}, expected "
-                               f"{mine.get(k, '<missing>')!r}" for k in diff)
-            raise DataError(f"{path}: checkpoint config does not match this surrogate ({detail})")
+        payload = read_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
+        check_config(path, payload["config"], self.config.model_dump(mode="json"), ignore=RUNTIME_KEYS)
         states = payload.get("members")
         if not isinstance(states, list) or len(states) != self.config.ensemble_size:
             raise DataError(f"{path}: expected {self.config.ensemble_size} member state dicts")
@@ -308,9 +281,7 @@ class CGCNNEnsembleSurrogate:
                 model.eval()
                 members.append(model)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-            raise DataError(f"{path}: damaged member weights or normalisation "
-                            f"({type(exc).__name__}: {first})") from exc
+            raise DataError(f"{path}: damaged member weights or normalisation ({first_line(exc)})") from exc
         if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
             raise DataError(f"{path}: invalid target normalisation (mean {mean}, std {std})")
         if not (math.isfinite(scale) and scale > 0):

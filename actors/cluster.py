@@ -1,0 +1,41 @@
+"""Connecting to Ray: a cluster at an address, or a local instance started here."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from discovery.errors import InfrastructureError
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, **local: Any) -> bool:
+    """Make sure this process is connected to Ray.
+
+    Args:
+        address: a running cluster (``ray://`` or ``host:port``); None falls back to ``RAY_ADDRESS``
+            and then to a local instance.
+        num_cpus: CPUs of a local instance (default: all of this machine).
+        local: more ``ray.init`` arguments for a local instance (``resources``, ``runtime_env``).
+
+    Returns:
+        True when this call started or connected (the caller shuts Ray down again), False when
+        Ray was already initialised.
+
+    Raises:
+        InfrastructureError: no cluster answers at ``address``.
+    """
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                     logging_level=logging.WARNING, **local)
+    except ConnectionError as exc:
+        raise InfrastructureError(f"cannot connect to Ray at {address}: {exc}") from None
+    return True

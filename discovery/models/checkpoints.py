@@ -1,0 +1,80 @@
+"""Reading and writing our torch checkpoints safely: one format check, one error style.
+
+Every checkpoint is a dict with ``format``, ``version`` and ``config`` written atomically, and read
+back with ``torch.load(..., weights_only=True)`` (no pickled code runs). Anything wrong with the
+file is one `DataError` line that names it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from discovery.errors import DataError
+
+MISSING = "<missing>"
+
+
+def first_line(exc: BaseException) -> str:
+    """The exception as one short line (torch's state-dict errors span several lines)."""
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def write_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
+    """``torch.save`` next to ``path``, then moved into place: a crash never leaves half a file."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two writers never share a temp file
+    try:
+        torch.save(dict(payload), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: str | Path, fmt: str, version: int, kind: str | None = None) -> dict[str, Any]:
+    """The payload of a checkpoint of format ``fmt`` and ``version`` (and ``kind``, when given).
+
+    Raises:
+        DataError: missing, unreadable or damaged file, another format, kind or version, or no
+            config mapping.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged or foreign files
+        raise DataError(f"{path}: not a readable torch checkpoint ({first_line(exc)})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise DataError(f"{path}: format {found!r} is not a {fmt!r} checkpoint")
+    if kind is not None and payload.get("kind") != kind:
+        raise DataError(f"{path}: checkpoint holds a {payload.get('kind')!r} model, expected {kind!r}")
+    if payload.get("version") != version:
+        raise DataError(f"{path}: checkpoint version {payload.get('version')!r}, expected {version}")
+    if not isinstance(payload.get("config"), dict):
+        raise DataError(f"{path}: checkpoint has no config mapping")
+    return payload
+
+
+def check_config(path: str | Path, stored: Mapping[str, Any], expected: Mapping[str, Any],
+                 ignore: Iterable[str] = ()) -> None:
+    """Raise `DataError` listing every key where the file's config differs from ``expected``."""
+    skip = set(ignore)
+    diff = sorted(k for k in set(stored) | set(expected)
+                  if k not in skip and stored.get(k, MISSING) != expected.get(k, MISSING))
+    if diff:
+        detail = "; ".join(f"{k}: file has {stored.get(k, MISSING)!r}, expected {expected.get(k, MISSING)!r}"
+                           for k in diff)
+        raise DataError(f"{path}: checkpoint config does not match ({detail})")
