@@ -269,12 +269,12 @@ def test_faithful_preset_has_the_paper_values():
 def test_cpu_preset_is_the_default_and_matches_models_md():
     cfg = ICSG3DConfig()
     # MODELS.md 1.7 cut to the 60-minute budget on 2 cores (see the icsg3d_presets docstring)
-    assert cfg.preset == "cpu" and cfg.grid == 32 and cfg.n_rotations == 1 and cfg.max_structures == 500
+    assert cfg.preset == "cpu" and cfg.grid == 32 and cfg.n_rotations == 1 and cfg.max_structures == 1000
     assert (cfg.unet.widths, cfg.unet.bottom, cfg.unet.batch_size, cfg.unet.epochs, cfg.unet.lr) == (
-        ((4, 8), (8, 16), (16, 32)), 64, 4, 5, 1e-3)
+        ((4, 8), (8, 16), (16, 32)), 64, 4, 8, 1e-3)
     v = cfg.vae
-    assert (v.filters, v.latent, v.batch_size, v.epochs, v.alpha, v.beta) == (
-        (8, 16, 32, 64), 64, 8, 8, 0.5, 3e-4)
+    assert (v.filters, v.latent, v.batch_size, v.epochs, v.alpha, v.beta, v.lr) == (
+        (8, 16, 32, 64), 64, 8, 25, 0.5, 3e-4, 2e-3)
     assert (cfg.cgcnn.n_conv, cfg.cgcnn.atom_fea_len, cfg.cgcnn.epochs) == (1, 64, 30)
 
 
