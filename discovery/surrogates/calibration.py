@@ -131,3 +131,16 @@ def rescale_members(members: np.ndarray, scale: float) -> np.ndarray:
         return members.copy()  # exactly the members, without rounding through the mean
     centre = members.mean(axis=0, keepdims=True)
     return centre + float(scale) * (members - centre)
+
+
+def predictions_from_members(candidates, members: np.ndarray, prop: str, model: str) -> list:
+    """`Prediction`s (mean and population std over members) of an ensemble's rescaled members.
+
+    Shapes: ``members`` (n_members, n) for the n ``candidates``.
+    """
+    from discovery.records import Prediction
+
+    mean = members.mean(axis=0)
+    std = members.std(axis=0)
+    return [Prediction(candidate_id=c.id, property=prop, mean=float(m), std=float(s), model=model)
+            for c, m, s in zip(candidates, mean, std, strict=True)]

@@ -41,7 +41,12 @@ from discovery.featurize.graphs import ATOM_FEATURE_DIM, edge_feature_dim, struc
 from discovery.models.cgcnn import CGCNN
 from discovery.models.checkpoints import check_config, first_line, read_checkpoint, write_checkpoint
 from discovery.records import Candidate, FitReport, Prediction
-from discovery.surrogates.calibration import coverage, fit_variance_scale, rescale_members
+from discovery.surrogates.calibration import (
+    coverage,
+    fit_variance_scale,
+    predictions_from_members,
+    rescale_members,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -191,14 +196,7 @@ class CGCNNEnsembleSurrogate:
         self._require_fitted("predict")
         if not cands:
             return []
-        per_member = self._member_outputs(cands, embed=False)  # (n_members, n)
-        mean = per_member.mean(axis=0) * self._target_std + self._target_mean
-        std = per_member.std(axis=0) * self._target_std * self._variance_scale
-        return [
-            Prediction(candidate_id=c.id, property=self.property, mean=float(m), std=float(s),
-                       model=MODEL_NAME)
-            for c, m, s in zip(cands, mean, std, strict=True)
-        ]
+        return predictions_from_members(cands, self.predict_members(cands), self.property, MODEL_NAME)
 
     def predict_members(self, candidates: Sequence[Candidate]) -> np.ndarray:
         """Every member's prediction, spread around the ensemble mean by `variance_scale`.

@@ -36,7 +36,12 @@ from discovery.config import ForestSurrogateConfig
 from discovery.errors import NotFittedError
 from discovery.featurize.descriptors import DESCRIPTOR_DIM, DescriptorCache
 from discovery.records import Candidate, FitReport, Prediction
-from discovery.surrogates.calibration import coverage, fit_variance_scale, rescale_members
+from discovery.surrogates.calibration import (
+    coverage,
+    fit_variance_scale,
+    predictions_from_members,
+    rescale_members,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,14 +177,7 @@ class ForestEnsembleSurrogate:
         self._require_fitted("predict")
         if not cands:
             return []
-        trees = _tree_predictions(self._forest, self._cache.descriptors_for(cands))
-        mean = trees.mean(axis=0)
-        std = trees.std(axis=0) * self._variance_scale
-        return [
-            Prediction(candidate_id=c.id, property=self.property, mean=float(m), std=float(s),
-                       model=MODEL_NAME)
-            for c, m, s in zip(cands, mean, std, strict=True)
-        ]
+        return predictions_from_members(cands, self.predict_members(cands), self.property, MODEL_NAME)
 
     def predict_members(self, candidates: Sequence[Candidate]) -> np.ndarray:
         """Per-tree predictions spread around their mean by `variance_scale`.
