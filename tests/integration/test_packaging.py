@@ -21,8 +21,15 @@ def test_wheel_layout(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"discovery"}
     for module in ("discovery/actors/executor.py", "discovery/policies/acquisition.py", "discovery/cli.py",
-                   "discovery/oracles/gpaw_worker.py", "discovery/py.typed"):
+                   "discovery/oracles/gpaw_worker.py", "discovery/py.typed", "discovery/actors/tune.py",
+                   "discovery/benchmark/runner.py"):
         assert module in names
+    # every package of the source tree ships (a package missing from pyproject's list would not)
+    for init in [*REPO.glob("discovery/**/__init__.py")]:
+        assert str(init.relative_to(REPO)) in names, f"{init.parent.name} is missing from the wheel"
+    for folder in ("actors", "policies"):
+        for module in (REPO / folder).glob("*.py"):
+            assert f"discovery/{folder}/{module.name}" in names
     assert not any(n.startswith(("tests/", "configs/")) for n in names)
 
 
