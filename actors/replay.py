@@ -36,7 +36,10 @@ def run_jobs_on_ray(table: ReplayTable, config: BenchmarkConfig, jobs: Sequence[
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            run = ray.get(done[0])
+            try:
+                run = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # the worker's own error, not Ray's traceback
+                raise exc.cause from None
             results[refs[done[0]]] = run
             if on_done is not None:
                 on_done(run)

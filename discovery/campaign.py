@@ -131,6 +131,7 @@ class Campaign:
         self.round_open: dict[int, set[str]] = {}
         self.surrogate_fitted = False
         self.scored_by: dict[int, str] = {}  # round -> "surrogate" | "mlip-prior"
+        self._hits: set[str] = set()  # novel DFT hits when this round was planned
         self._members: dict[str, np.ndarray] = {}  # candidate id -> members' e_above_hull (this round)
         self._mlip_ehull: dict[str, float] = {}  # candidate id -> CHGNet e_above_hull (this round's pool)
 
@@ -265,19 +266,23 @@ class Campaign:
     def mlip_hull(self) -> Hull:
         return Hull(self._reference_evals(self.mlip))
 
-    def _labels(self, hull: Hull) -> tuple[list[Candidate], list[float]]:
-        """DFT formation energies of every computed compound (references included)."""
-        cands, targets = [], []
+    def _labels(self, hull: Hull) -> tuple[list[Candidate], list[float], list[str]]:
+        """DFT formation energies of every computed compound (references included).
+
+        Returns the relaxed structures as new candidates (their own content id, the proposal as
+        parent, so no feature cache keyed by id can hand back the unrelaxed structure), the
+        formation energies, and the ids of the candidates they came from."""
+        cands, targets, sources = [], [], []
         for cid, ev in self.dft.items():
             if not ev.ok or cid not in self.candidates:
                 continue
-            relaxed = self.candidates[cid].model_copy(update={"structure": ev.relaxed_structure})
-            comp = relaxed.pmg.composition
-            ef = hull.formation_energy(comp, ev.energy_per_atom)
+            relaxed = self._relaxed_copy(self.candidates[cid], ev)
+            ef = hull.formation_energy(relaxed.pmg.composition, ev.energy_per_atom)
             if ef is not None:
                 cands.append(relaxed)
                 targets.append(ef)
-        return cands, targets
+                sources.append(cid)
+        return cands, targets, sources
 
     # ================================================================ one round
 
@@ -288,6 +293,8 @@ class Campaign:
         t0 = time.time()
         stats = RoundStats(rnd)
         hull = self.dft_hull()
+        self._hits = self.novel_hits(hull)  # StructureMatcher over all results: once per round
+        self._members, self._mlip_ehull = {}, {}
         self._learn(rnd, hull)
 
         # propose: the bandit shares the proposal budget among generators by DFT-confirmed hits
@@ -324,7 +331,7 @@ class Campaign:
 
         # select
         posterior = self._posterior(pool, pool_preds)
-        context = self._policy_context(rnd, pool, hull)
+        context = self._policy_context(rnd, pool, hull, cheap=preds is not None)
         selection = self.policy.select(pool, posterior, self.config.dft_per_round, context)
         selection = selection.model_copy(update={"policy": f"{selection.policy}/{stats.scored_by}"})
         self.ledger.add_selection(selection)
@@ -351,9 +358,9 @@ class Campaign:
         """Refit the surrogate on every DFT label and tell generators what DFT confirmed."""
         known = self.seeds + [self.candidates[i] for i in self.dft if i in self.candidates
                               and i not in self.references]
-        hits = sorted(self.novel_hits(hull))
-        cands, targets = self._labels(hull)
-        labels = [(c, t) for c, t in zip(cands, targets, strict=True) if c.id not in self.references]
+        hits = sorted(self._hits)
+        cands, targets, sources = self._labels(hull)
+        labels = [(c, t) for c, t, src in zip(cands, targets, sources, strict=True) if src not in self.references]
         feedback = {"known": known, "hits": hits, "round": rnd, "labels": labels,
                     "property": "formation_energy_per_atom"}
         for name in self.generators:
@@ -400,7 +407,7 @@ class Campaign:
 
         arms = {name: GeneratorBandit.arm(name.split(":", 1)[1]) for name in self.generators}
         bandit = GeneratorBandit(self.config.bandit, list(arms.values()), self._rng(rnd, 3))
-        hits = self.novel_hits(hull)
+        hits = self._hits
         for name, arm in arms.items():
             gen = name.split(":", 1)[1]
             mine = [i for i, e in self.dft.items() if e.ok and i in self.candidates
@@ -452,8 +459,9 @@ class Campaign:
         return Posterior(mean={OBJECTIVE_PROPERTY: mean}, std={OBJECTIVE_PROPERTY: std}, members=members,
                          embeddings=embeddings, model=preds[0].model if preds else "")
 
-    def _policy_context(self, rnd: int, pool: list[Candidate], hull: Hull) -> dict[str, Any]:
-        """Round, best utility so far and, for cost-aware policies, CHGNet as the cheap fidelity:
+    def _policy_context(self, rnd: int, pool: list[Candidate], hull: Hull, cheap: bool) -> dict[str, Any]:
+        """Round, best utility so far and, for cost-aware policies (``cheap``: the surrogate ranks
+        the pool; under the CHGNet prior CHGNet would count twice), CHGNet as the cheap fidelity:
         its e_above_hull of the pool (already computed by the screen) and past (CHGNet, DFT) pairs."""
         from pymatgen.core import Structure
 
@@ -465,7 +473,9 @@ class Campaign:
                 if res is not None:
                     dft_ehull[cid] = res.e_above_reference_hull
         best = max((threshold - v for v in dft_ehull.values()), default=0.0)
-        cheap = np.array([self._mlip_ehull.get(c.id, np.nan) for c in pool], dtype=float)
+        if not cheap:
+            return {"round": rnd, "best_utility": best}
+        cheap_values = np.array([self._mlip_ehull.get(c.id, np.nan) for c in pool], dtype=float)
         mhull = self.mlip_hull()
         pairs = []
         for cid in dft_ehull:
@@ -476,7 +486,7 @@ class Campaign:
                     pairs.append((res.e_above_reference_hull, dft_ehull[cid]))
         return {
             "round": rnd, "best_utility": best,
-            "cheap_oracle": lambda idx: {OBJECTIVE_PROPERTY: cheap[np.asarray(idx, dtype=int)]},
+            "cheap_oracle": lambda idx: {OBJECTIVE_PROPERTY: cheap_values[np.asarray(idx, dtype=int)]},
             "cheap_pairs": {OBJECTIVE_PROPERTY: (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))},
         }
 

@@ -294,7 +294,7 @@ def cmd_tune(args, console) -> int:
         metrics = result.metrics or {}
         trials.append({"params": {k: v for k, v in (result.config or {}).items()},
                        "hits": metrics.get("hits"), "calls": metrics.get("calls"),
-                       "error": None if result.error is None else str(result.error).splitlines()[0][:200]})
+                       "error": None if result.error is None else (str(result.error).strip().splitlines() or [""])[0][:200]})
     finished = [t for t in trials if t["hits"] is not None and t["calls"] == base.budget]
     if not finished:
         raise DiscoveryError(f"tune: no trial reached the budget of {base.budget} calls "
@@ -400,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"discovery: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("discovery: interrupted; resume with --resume", file=sys.stderr)
+        hint = "; resume with --resume" if args.command == "run" else ""
+        print(f"discovery: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -6,7 +6,7 @@ look at properties directly: they score the *utility* of a candidate,
 
     u(y) = min over bounds of the signed margin to that bound, divided by the property's scale,
 
-which is positive exactly for hits, so "maximise u" and "make u > 0" are the same goal for any
+which is >= 0 exactly for hits, so "maximise u" and "make u >= 0" are the same goal for any
 number of properties. Scales (typical spread of each property, from the labels) make margins of
 different properties comparable.
 """
@@ -61,7 +61,7 @@ class Objective(Strict):
 
     def utility(self, values: Mapping[str, np.ndarray], scales: Mapping[str, float] | None = None
                 ) -> np.ndarray:
-        """Scaled signed margin to the nearest bound: > 0 for hits, larger is better.
+        """Scaled signed margin to the nearest bound: >= 0 for hits, larger is better.
 
         Args:
             values: property -> array of any shape (all the same shape), e.g. (n,) means or

@@ -46,7 +46,8 @@ class Posterior:
 
     def samples(self, n_draws: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Joint draws per property, shape (n_draws, n): ensemble members when there are any
-        (cycled or sub-sampled to ``n_draws``), independent Gaussians otherwise."""
+        (drawn at random, with repeats when ``n_draws`` exceeds the members), independent Gaussians
+        otherwise."""
         out = {}
         for prop, mu in self.mean.items():
             members = self.members.get(prop)

@@ -2,7 +2,7 @@
 PI, Thompson sampling, probability of satisfying every bound), the registry of every policy kind
 (`POLICIES`, with the multi-fidelity one) and `make_policy`.
 
-Utilities are scaled signed margins (`Objective.utility`): > 0 exactly for hits, larger is better,
+Utilities are scaled signed margins (`Objective.utility`): >= 0 exactly for hits, larger is better,
 so "threshold" incumbents are utility 0 ("how likely / by how much is this a hit").
 """
 

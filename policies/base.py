@@ -1,7 +1,7 @@
 """Shared machinery of batch policies: score the pool, spread the batch out, record the choice.
 
 A policy never looks at raw properties. It scores the objective's *utility* (`Objective.utility`:
-> 0 exactly for hits, larger is better) under the surrogate's `Posterior`, then hands the scores to
+>= 0 exactly for hits, larger is better) under the surrogate's `Posterior`, then hands the scores to
 the shared diversity step (`BatchDiversifier`). The ``context`` of `BatchPolicy.select` may carry:
 
 - ``"round"`` (int): the campaign round, copied into the `Selection`.

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from discovery.benchmark.config import BenchmarkConfig, PolicyEntry
+from discovery.errors import DataError
 from discovery.objective import Objective
 from discovery.oracles.replay_oracle import ReplayOracle, ReplayTable, SimulatedCheapOracle
 from discovery.posterior import Posterior
@@ -144,7 +145,7 @@ def iter_replay(table: ReplayTable, config: BenchmarkConfig, entry: PolicyEntry,
             break
         pool_idx = np.flatnonzero(~is_labelled)
         pool = [table.candidates[i] for i in pool_idx]
-        scales = {p: float(np.nanstd(known[p])) or 1.0 for p in props}
+        scales = {p: _scale(known[p]) for p in props}
         if is_random:
             posterior = Posterior(mean={p: np.zeros(len(pool)) for p in props},
                                   std={p: np.ones(len(pool)) for p in props}, model="none")
@@ -167,6 +168,8 @@ def iter_replay(table: ReplayTable, config: BenchmarkConfig, entry: PolicyEntry,
                    "best_utility": float(finite.max()) if finite.size else 0.0,
                    "cheap_oracle": cheap_oracle, "cheap_pairs": pairs}
         k = min(config.batch_size, limit - calls, len(pool))
+        if calls < config.budget:  # every run has a batch boundary at the budget (random goes on)
+            k = min(k, config.budget - calls)
         selection = policy.select(pool, posterior, k, context)
         local = {c.id: j for j, c in enumerate(pool)}
         chosen_local = [local[cid] for cid in selection.candidate_ids]
@@ -199,6 +202,13 @@ def iter_replay(table: ReplayTable, config: BenchmarkConfig, entry: PolicyEntry,
     yield run
 
 
+def _scale(values: np.ndarray) -> float:
+    """Typical spread of a property's labels so far (1 when there are too few to tell)."""
+    finite = values[np.isfinite(values)]
+    s = float(finite.std()) if len(finite) > 1 else 0.0
+    return s if s > 0 else 1.0
+
+
 def _posterior(config: BenchmarkConfig, entry: PolicyEntry, props: list[str], table: ReplayTable,
                known: dict[str, np.ndarray], pool: list, surrogate_seq: np.random.SeedSequence
                ) -> Posterior:
@@ -208,6 +218,9 @@ def _posterior(config: BenchmarkConfig, entry: PolicyEntry, props: list[str], ta
     needs_embedding = entry.policy.diversity.method in ("kcenter", "dpp", "min_distance")
     for k, p in enumerate(props):
         have = np.flatnonzero(np.isfinite(known[p]))
+        if len(have) < 2:
+            raise DataError(f"{table.source}: fewer than 2 labelled rows of {p!r} in the initial set; "
+                            "raise initial_fraction")
         surrogate = make_surrogate(config.surrogate, p,
                                    np.random.SeedSequence(surrogate_seq.entropy,
                                                           spawn_key=(*surrogate_seq.spawn_key, k)))

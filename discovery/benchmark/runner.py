@@ -116,7 +116,8 @@ def summarise(config: BenchmarkConfig, runs: list[ReplayRun]) -> dict[str, Any]:
         for f in (0.5, 0.9):
             vals = [expected_random_calls(pool_size - r.initial_size, pool_hits - r.initial_hits,
                                           hits_needed(pool_hits, f) - r.initial_hits) for r in random_runs]
-            expected[f] = float(np.mean([v for v in vals if v is not None])) if vals else None
+            got = [v for v in vals if v is not None]
+            expected[f] = float(np.mean(got)) if got else None
         policies: dict[str, Any] = {}
         for entry in config.policies:
             pr = [r for r in mine if r.policy == entry.label]
@@ -139,8 +140,10 @@ def summarise(config: BenchmarkConfig, runs: list[ReplayRun]) -> dict[str, Any]:
                 if af_stats["reached"] < 1.0:  # a seed that never got there has no factor to average
                     af_stats["mean"] = af_stats["std"] = None
                 summary[f"af{key}"] = af_stats
-            summary["ef"] = _stats([enhancement_factor(int(_hits_on_grid(r, grid)[-1]) - r.initial_hits,
-                                                       config.budget, pool_hits, pool_size) for r in pr])
+            # hit rate of the calls against what random draws from the same remaining pool
+            summary["ef"] = _stats([enhancement_factor(
+                int(_hits_on_grid(r, grid)[-1]) - r.initial_hits, min(r.calls[-1], config.budget),
+                pool_hits - r.initial_hits, pool_size - r.initial_size) for r in pr])
             summary["calibration"] = {
                 p: {k: _nanmean([r.calibration.get(p, {}).get(k) for r in pr])
                     for k in ("within_1sigma", "within_2sigma")}
@@ -224,7 +227,6 @@ def track(config: BenchmarkConfig, summary: dict[str, Any], files: list[Path], o
     plots and summary as artifacts. Returns the run id."""
     if not config.tracking.enabled:
         return None
-    from discovery.config import flatten
     from discovery.tracking.mlflow_tracker import MlflowTracker
 
     uri = config.tracking.tracking_uri or f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
@@ -232,6 +234,18 @@ def track(config: BenchmarkConfig, summary: dict[str, Any], files: list[Path], o
     tracker = MlflowTracker(uri, config.tracking.experiment or f"benchmark-{config.name}",
                             run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                             artifact_location=artifacts)
+    status = "FAILED"
+    try:
+        _log_summary(tracker, config, summary, files)
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
+    return tracker.run_id
+
+
+def _log_summary(tracker, config: BenchmarkConfig, summary: dict[str, Any], files: list[Path]) -> None:
+    from discovery.config import flatten
+
     tracker.log_params(flatten(config.model_dump(mode="json")))
     for oname, obj in summary["objectives"].items():
         for label, pol in obj["policies"].items():
@@ -245,5 +259,3 @@ def track(config: BenchmarkConfig, summary: dict[str, Any], files: list[Path], o
                 tracker.log_metrics({f"{prefix}.hits": hits}, step=int(calls))
     for f in files:
         tracker.log_artifact(f)
-    tracker.close()
-    return tracker.run_id
