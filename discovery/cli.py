@@ -288,16 +288,18 @@ def cmd_tune(args, console) -> int:
     with console.status(f"tuning {tune_config.policy} on {tune_config.objective}: "
                         f"{tune_config.num_samples} trials x {len(tune_config.seeds)} seed(s)"), \
             contextlib.redirect_stdout(sys.stderr):  # Tune's own tables must not mix with --json
-        grid = run_tune(table, base, tune_config, out, uri, args.address)
+        grid = run_tune(table, base, tune_config, out, uri, args.address or tune_config.execution.address)
     trials = []
     for result in grid:
         metrics = result.metrics or {}
         trials.append({"params": {k: v for k, v in (result.config or {}).items()},
                        "hits": metrics.get("hits"), "calls": metrics.get("calls"),
                        "error": None if result.error is None else (str(result.error).strip().splitlines() or [""])[0][:200]})
-    finished = [t for t in trials if t["hits"] is not None and t["calls"] == base.budget]
+    # the budget, or less when the pool ran out first: the most calls any trial reached
+    full = max((t["calls"] for t in trials if t["calls"] is not None), default=None)
+    finished = [t for t in trials if t["hits"] is not None and t["calls"] == full]
     if not finished:
-        raise DiscoveryError(f"tune: no trial reached the budget of {base.budget} calls "
+        raise DiscoveryError(f"tune: no trial reported results "
                              f"({sum(t['error'] is not None for t in trials)} failed)")
     best = max(finished, key=lambda t: t["hits"])
     best_config = trial_config(base, tune_config, best["params"], str(args.config))
