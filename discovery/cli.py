@@ -43,22 +43,25 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("out", type=Path, help="campaign folder")
     st.add_argument("--json", action="store_true", help="print one JSON object")
 
-    bench = sub.add_parser("benchmark", help="retrospective campaigns on a labelled table: policies x seeds")
-    bench.add_argument("config", type=Path, help="benchmark YAML file (see configs/benchmarks/)")
-    bench.add_argument("--out", type=Path, default=None, help="output folder (default: runs/benchmarks/<name>)")
-    bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    bench.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
-    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-
-    tn = sub.add_parser("tune", help="sweep policy and model hyper-parameters on a replay benchmark (Ray Tune, ASHA)")
-    tn.add_argument("config", type=Path, help="tune YAML file (see configs/tune/)")
-    tn.add_argument("--out", type=Path, default=None, help="output folder (default: runs/tune/<name>)")
-    tn.add_argument("--json", action="store_true", help="print the trials and the best one as one JSON object")
-    tn.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
-    tn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    _replay_parser(sub, "benchmark", "retrospective campaigns on a labelled table: policies x seeds",
+                   "benchmark YAML file (see configs/benchmarks/)", "runs/benchmarks/<name>",
+                   "the summary as one JSON object")
+    _replay_parser(sub, "tune", "sweep policy and model hyper-parameters on a replay benchmark (Ray Tune, ASHA)",
+                   "tune YAML file (see configs/tune/)", "runs/tune/<name>",
+                   "the trials and the best one as one JSON object")
 
     add_train_parser(sub)
     return p
+
+
+def _replay_parser(sub, name: str, help_: str, config_help: str, default_out: str, json_help: str) -> None:
+    """`benchmark` and `tune` take the same arguments: a YAML file, --out, --json, --address, --set."""
+    p = sub.add_parser(name, help=help_)
+    p.add_argument("config", type=Path, help=config_help)
+    p.add_argument("--out", type=Path, default=None, help=f"output folder (default: {default_out})")
+    p.add_argument("--json", action="store_true", help=f"print {json_help}")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
 
 class HeldLogs(logging.handlers.MemoryHandler):
