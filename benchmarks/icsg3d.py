@@ -22,6 +22,10 @@ structure, condition ``heat_ref`` unless ``--set condition_property=...``). On t
 - generation throughput: valid random samples per second of decoding (VAE, UNet, watershed,
   validity), and the total training wall time.
 
+A figure, ``icsg3d_benchmark.png`` in ``--out``: decoded against true lattice lengths of the
+held-out structures, the distribution of their site EMD, and the validity of random samples per
+condition decile.
+
 Logs go to stderr; stdout gets the JSON line only.
 """
 
@@ -44,6 +48,38 @@ def _round(x, digits: int = 4):
     if isinstance(x, float):
         return round(x, digits) if math.isfinite(x) else None
     return x
+
+
+def plot_benchmark(recon: dict, random, n_deciles: int, path: Path) -> Path:
+    """Lattice parity, site-EMD histogram and random-sample validity per decile, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lat, ax_emd, ax_val) = plt.subplots(1, 3, figsize=(15, 4.5))
+    true, pred = recon["lattice_true"], recon["lattice_pred"]
+    for k, axis in enumerate("abc"):
+        ax_lat.scatter(true[:, k], pred[:, k], s=6, alpha=0.5,
+                       label=f"{axis}: MAE {np.mean(np.abs(pred[:, k] - true[:, k])):.3f} A")
+    if len(true):
+        lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+        ax_lat.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax_lat.set(xlabel="true length (A)", ylabel="decoded length (A)",
+               title=f"lattice, {len(true)} held-out structures")
+    ax_lat.legend()
+    ax_emd.hist(recon["site_emds"], bins=40, color="tab:green")
+    ax_emd.set(xlabel="site EMD (A)", ylabel="structures", title=f"site EMD, mean {recon['site_emd']:.3f} A")
+    share = [float(random.valid[random.deciles == k].mean()) if np.any(random.deciles == k) else 0.0
+             for k in range(n_deciles)]
+    ax_val.bar(range(n_deciles), share, color="tab:blue")
+    ax_val.set(xlabel="condition decile", ylabel="valid share", ylim=(0, 1),
+               title=f"random samples: {random.valid.mean():.1%} valid")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main() -> None:
@@ -97,7 +133,7 @@ def main() -> None:
     logging.info("evaluating on %d held-out structures", len(test))
 
     t = time.perf_counter()
-    recon = evaluate_reconstruction(model, test_structures, test_labels)
+    recon = evaluate_reconstruction(model, test_structures, test_labels, per_structure=True)
     recon_s = time.perf_counter() - t
 
     rng = np.random.default_rng(args.seed + 1)
@@ -118,6 +154,7 @@ def main() -> None:
     ref_pick = rng.choice(len(train), size=min(1000, len(train)), replace=False)
     ref = coverage([train[k][0].pmg for k in ref_pick], [True] * len(ref_pick), test_structures)
 
+    figure = plot_benchmark(recon, random, model.n_deciles, args.out / "icsg3d_benchmark.png")
     m = model.manifest["metrics"]
     result = {
         "data": str(args.data), "preset": config.preset, "device": device,
@@ -140,7 +177,7 @@ def main() -> None:
         "targeted_samples_per_s": len(targeted) / targeted_s if targeted_s > 0 else None,
         "heads_val_mae": {k: v.get("val_mae") for k, v in m["heads"].items()},
         "train_wall_s": train_wall, "train_stage_wall_s": m["wall_s"], "recon_wall_s": recon_s,
-        "model_version": model.version, "out": str(args.out),
+        "model_version": model.version, "out": str(args.out), "figure": str(figure),
     }
     print(json.dumps({k: _round(v) if not isinstance(v, dict) else {a: _round(b) for a, b in v.items()}
                       for k, v in result.items()}))

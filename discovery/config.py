@@ -119,14 +119,27 @@ class RandomSymmetricGeneratorConfig(Strict):
 
 
 class ICSG3DGeneratorConfig(Strict):
-    """ICSG3D (Cond-DFC-VAE + 3-D UNet on voxel maps) trained with ``discovery train icsg3d``.
+    """ICSG3D (Cond-DFC-VAE + 3-D UNet on voxel maps), trained with ``discovery train icsg3d`` or here.
 
-    ``checkpoint_dir`` is the training's output folder (with ``icsg3d.json``); a relative path is
-    taken from the working directory. See `discovery.generators.icsg3d` for modes and feedback.
+    ``checkpoint_dir`` is the model folder (with ``icsg3d.json``); ``preset`` names the model sizes
+    the campaign wants. When the folder holds no model and ``train_data`` is given, the campaign
+    trains one there before its workers start (`discovery.launch.train_generator_models`: the same
+    run as the training command with ``preset`` and ``train`` as its ``--set`` overrides); a later
+    start or ``--resume`` finds it and does not train again. A folder that holds a model of another preset
+    or configuration is refused. Relative paths are taken from the campaign file's folder. See
+    `discovery.generators.icsg3d` for modes and feedback.
     """
 
     kind: Literal["icsg3d"] = "icsg3d"
     checkpoint_dir: Path
+    preset: Literal["cpu", "faithful"] | None = Field(
+        None, description="model sizes (cpu or faithful); None: whatever checkpoint_dir holds")
+    train_data: Path | None = Field(
+        None, description="CDVAE CSV to train on when checkpoint_dir holds no model yet")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of the preset for that training, e.g. "
+                                          "{condition_property: heat_ref, vae: {epochs: 10}}")
+    train_seed: int = Field(0, ge=0)
     n_per_round: int = Field(20, ge=1)
     mode: Literal["random", "targeted"] = "targeted"
     target_decile: int | None = Field(
@@ -135,6 +148,27 @@ class ICSG3DGeneratorConfig(Strict):
     device: Literal["cpu", "cuda"] = "cpu"
     fine_tune_epochs: int = Field(0, ge=0, description="VAE epochs on confirmed hits after each update (0: off)")
     restrict_species: bool = Field(True, description="decode only the campaign's elements")
+
+    @model_validator(mode="after")
+    def _training_config(self) -> ICSG3DGeneratorConfig:
+        if self.train and self.train_data is None:
+            raise ValueError("train overrides need train_data")
+        if self.train_data is not None:
+            self.training_config()
+        return self
+
+    def training_config(self):
+        """The `ICSG3DConfig` a training here would use (preset, default cpu, plus ``train``)."""
+        from discovery.models.icsg3d_presets import ICSG3DConfig
+
+        if "preset" in self.train:
+            raise ValueError("train.preset: use the generator's preset key")
+        try:
+            return ICSG3DConfig.model_validate({**self.train, "preset": self.preset or "cpu"})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise ValueError(f"train.{loc}: {err['msg']}") from None
 
 
 GeneratorConfig = Annotated[
@@ -610,7 +644,27 @@ def _resolve_paths(config: CampaignConfig, base: Path, source: str) -> CampaignC
             raise ConfigError(f"{source}: data.cif_dirs.{i}: folder not found: {d}")
         dirs.append(p)
     data = config.data.model_copy(update={"cdvae_csv": csvs, "cif_dirs": dirs})
-    return config.model_copy(update={"data": data})
+    generators = [_resolve_generator_paths(g, i, base, source) for i, g in enumerate(config.generators)]
+    return config.model_copy(update={"data": data, "generators": generators})
+
+
+def _resolve_generator_paths(gen: Any, i: int, base: Path, source: str) -> Any:
+    """ICSG3D model folders and training data, relative to the campaign file, checked up front."""
+    if not isinstance(gen, ICSG3DGeneratorConfig):
+        return gen
+    from discovery.generators.icsg3d import check_model_folder
+
+    def absolute(p: Path) -> Path:
+        return (p if p.is_absolute() else base / p).resolve()
+
+    train_data = None
+    if gen.train_data is not None:
+        train_data = absolute(gen.train_data)
+        if not train_data.is_file():
+            raise ConfigError(f"{source}: generators.{i}.train_data: file not found: {gen.train_data}")
+    gen = gen.model_copy(update={"checkpoint_dir": absolute(gen.checkpoint_dir), "train_data": train_data})
+    check_model_folder(gen, f"{source}: generators.{i}")
+    return gen
 
 
 def config_to_yaml(config: CampaignConfig) -> str:

@@ -77,15 +77,67 @@ def build_specs(config: CampaignConfig, out_dir: Path) -> tuple[dict[str, Compon
     return components, dft
 
 
-def make_tracker(config: CampaignConfig, out_dir: Path, run_id: str | None):
+def make_tracker(config: CampaignConfig, out_dir: Path, run_id: str | None, experiment: str | None = None,
+                 run_name: str | None = None):
+    """The campaign's MLflow run (or another run in the same store: ``experiment``, ``run_name``)."""
     from discovery.tracking.mlflow_tracker import MlflowTracker, NullTracker
 
     if not config.tracking.enabled:
         return NullTracker()
     uri = config.tracking.tracking_uri or f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
     artifacts = (out_dir / "mlartifacts").resolve().as_uri() if not config.tracking.tracking_uri else None
-    return MlflowTracker(uri, config.tracking.experiment or config.name, run_name=out_dir.name,
-                         run_id=run_id, artifact_location=artifacts)
+    return MlflowTracker(uri, experiment or config.tracking.experiment or config.name,
+                         run_name=run_name or out_dir.name, run_id=run_id, artifact_location=artifacts)
+
+
+def read_training_data(config: CampaignConfig, reporter: Reporter) -> dict[int, Any]:
+    """Read and check the data of every ICSG3D model the campaign has to train (before any file is
+    written); keyed by the generator's index."""
+    from discovery.config import ICSG3DGeneratorConfig
+    from discovery.generators.icsg3d import needs_training
+    from discovery.generators.icsg3d_pipeline import load_training_data
+
+    data = {}
+    for i, gen in enumerate(config.generators):
+        if isinstance(gen, ICSG3DGeneratorConfig) and needs_training(gen):
+            reporter.status(f"reading ICSG3D training data {gen.train_data}")
+            try:
+                data[i] = load_training_data(gen.train_data, gen.training_config())
+            except DataError as exc:
+                raise ConfigError(f"generators.{i}.train_data: {exc}") from None
+    return data
+
+
+def train_generator_models(config: CampaignConfig, out_dir: Path, data: dict[int, Any], reporter: Reporter) -> None:
+    """Train the ICSG3D models the campaign asks for, here with every core, before the workers start.
+
+    Each training is its own MLflow run (experiment ``icsg3d``, in the campaign's store) and
+    reports every epoch through ``reporter``; the model's manifest is written last, so a training
+    cut short runs again at the next start.
+    """
+    from discovery.generators.icsg3d_pipeline import train_icsg3d
+
+    for i, training_data in data.items():
+        gen = config.generators[i]
+        training = gen.training_config()
+        reporter.status(f"training ICSG3D ({training.preset} preset) for generators.{i} into {gen.checkpoint_dir}")
+        log.info("icsg3d: no model in %s; training the %s preset on %s first (%d UNet + %d VAE epochs)",
+                 gen.checkpoint_dir, training.preset, gen.train_data, training.unet.epochs, training.vae.epochs)
+
+        def progress(stage: str, done: int, total: int, info: dict[str, Any], i: int = i) -> None:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in info.items()
+                              if k in ("val_loss", "val_recall", "val_mae") and isinstance(v, int | float))
+            reporter.status(f"training ICSG3D for generators.{i}: {stage} {done}/{total}"
+                            + (f" ({shown})" if shown else ""))
+
+        tracker = make_tracker(config, out_dir, None, experiment="icsg3d", run_name=f"{config.name}-generators.{i}")
+        status = "FAILED"
+        try:
+            train_icsg3d(training_data, training, gen.checkpoint_dir, tracker=tracker, progress=progress,
+                         seed=gen.train_seed, device=gen.device)
+            status = "FINISHED"
+        finally:
+            tracker.close(status)
 
 
 def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address: str | None = None,
@@ -105,9 +157,12 @@ def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address
     except DataError as exc:
         raise ConfigError(str(exc)) from None
     components, dft = build_specs(config, out_dir)
+    training = read_training_data(config, reporter)
 
     # ---- validation is over: from here on files are written
     out_dir.mkdir(parents=True, exist_ok=True)
+    train_generator_models(config, out_dir, training, reporter)  # before the ledger: an interrupted
+    # training leaves no campaign behind, and the next start trains again
     if not resume:
         (out_dir / "campaign.yaml").write_text(config_to_yaml(config))
     ledger = SqliteLedger(out_dir / LEDGER_NAME, writer=True)

@@ -12,6 +12,18 @@ TINY = ["grid=32", "n_rotations=1", "n_deciles=4", "condition_property=heat_ref"
         "unet.widths=[[2, 2], [2, 4], [4, 4]]", "unet.bottom=4", "unet.epochs=1", "unet.batch_size=4",
         "vae.filters=[2, 2, 4, 4]", "vae.latent=4", "vae.dense=8", "vae.epochs=1", "vae.batch_size=4",
         "cgcnn.atom_fea_len=8", "cgcnn.h_fea_len=8", "cgcnn.epochs=2", "cgcnn.batch_size=4"]
+
+
+def tiny_overrides() -> dict:
+    """`TINY` as the nested mapping a campaign file's ``train:`` key takes."""
+    from discovery.config import _set_path, parse_overrides
+
+    raw: dict = {}
+    for key, value in parse_overrides(TINY, "tiny"):
+        _set_path(raw, key, value, "tiny")
+    return raw
+
+
 A_SITES, B_SITES = ("Sr", "Ba", "Ca", "Pb"), ("Ti", "Zr", "Sn", "Hf")
 
 

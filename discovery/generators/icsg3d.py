@@ -1,7 +1,11 @@
 """ICSG3D as a campaign generator: decode crystals of a target property decile from a trained model.
 
-The model is trained beforehand (``discovery train icsg3d``, `discovery.generators.icsg3d_pipeline`)
-and loaded from ``checkpoint_dir`` when the generator is built (inside its worker).
+The model is trained beforehand (``discovery train icsg3d``, `discovery.generators.icsg3d_pipeline`),
+or by the campaign before its workers start when the campaign file names ``train_data`` and the
+folder holds no model yet (`needs_training`, `discovery.launch.train_generator_models`), and
+loaded from ``checkpoint_dir`` when the generator is built (inside its worker).
+`check_model_folder` refuses, when the campaign file is read, a folder whose model is of another
+preset or training configuration.
 
 Proposals (`ICSG3DGenerator.propose`):
 
@@ -40,6 +44,7 @@ usable hits arrive; the version then gains a ``-ft<k>`` suffix. The version is o
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from typing import TYPE_CHECKING, Any
@@ -61,6 +66,54 @@ FORMATION_ENERGY_LABELS = frozenset({"formation_energy_per_atom", "heat_ref", "h
 OVERSAMPLE = 3
 #: Draws per `propose` call before giving up on reaching ``n``.
 MAX_DRAWS = 4
+
+
+def check_model_folder(config: ICSG3DGeneratorConfig, where: str) -> None:
+    """Refuse a model folder that cannot serve ``config`` before anything starts.
+
+    The folder must hold a model (``icsg3d.json``) or ``train_data`` must be given; an existing model
+    must be of the requested ``preset`` and, when ``train_data`` is given, of exactly the training
+    configuration the campaign asks for.
+
+    Raises:
+        ConfigError: one line starting with ``where``.
+    """
+    from pydantic import ValidationError
+
+    from discovery.config import flatten
+    from discovery.generators.icsg3d_pipeline import MANIFEST_NAME
+    from discovery.models.icsg3d_presets import ICSG3DConfig
+
+    manifest_path = config.checkpoint_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        if config.train_data is None:
+            raise ConfigError(f"{where}.checkpoint_dir: no trained ICSG3D model in {config.checkpoint_dir} "
+                              "(train one with `discovery train icsg3d`, or give train_data to train it here)")
+        return
+    try:
+        found = ICSG3DConfig.model_validate(json.loads(manifest_path.read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError, ValidationError):
+        raise ConfigError(f"{where}.checkpoint_dir: {manifest_path} is not a readable ICSG3D manifest") from None
+    if config.preset is not None and found.preset != config.preset:
+        raise ConfigError(f"{where}.preset: {config.checkpoint_dir} holds a {found.preset!r} model, the campaign "
+                          f"asks for {config.preset!r} (use another checkpoint_dir)")
+    if config.train_data is not None:
+        want = flatten(config.training_config().model_dump(mode="json"))
+        have = flatten(found.model_dump(mode="json"))
+        differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        if differ:
+            k = differ[0]
+            raise ConfigError(f"{where}.train: {config.checkpoint_dir} holds a model trained with {k}="
+                              f"{have.get(k)!r}, the campaign asks for {want.get(k)!r}"
+                              + (f" (+{len(differ) - 1} more)" if len(differ) > 1 else "")
+                              + "; use another checkpoint_dir or delete the model")
+
+
+def needs_training(config: ICSG3DGeneratorConfig) -> bool:
+    """The campaign asks for training (``train_data``) and ``checkpoint_dir`` holds no model yet."""
+    from discovery.generators.icsg3d_pipeline import MANIFEST_NAME
+
+    return config.train_data is not None and not (config.checkpoint_dir / MANIFEST_NAME).is_file()
 
 
 class ICSG3DGenerator:
@@ -85,6 +138,9 @@ class ICSG3DGenerator:
 
         self.config = config
         self.model = ICSG3DModel.load(config.checkpoint_dir, device=config.device)
+        if config.preset is not None and self.model.config.preset != config.preset:
+            raise ConfigError(f"generators: icsg3d {config.checkpoint_dir} holds a {self.model.config.preset!r} "
+                              f"model, the campaign asks for {config.preset!r}")
         n = self.model.n_deciles
         if config.target_decile is not None and not 0 <= config.target_decile < n:
             raise ConfigError(f"generators: icsg3d target_decile {config.target_decile} is outside 0..{n - 1} "

@@ -34,9 +34,9 @@ expected kind and configuration, same sha256 as recorded) and fails with one `Da
 the file.
 
 Sampling (`ICSG3DModel.sample_random`, `sample_targeted`, `interpolate`) and decoding: latent vectors
-are decoded in batches, VAE decoder -> UNet -> per voxel the species argmax over the non-background
-classes (optionally restricted to given elements) and the occupancy sigmoid ``>= 0.8`` -> lattice
-from the coordinate channels -> recursive watershed -> an orthogonal pymatgen ``Structure``
+are decoded in batches, VAE decoder -> UNet -> the occupancy sigmoid ``>= 0.8`` and, on those voxels
+only (`~discovery.models.unet3d.UNet3D.segment`), the species argmax over the non-background classes
+(optionally restricted to given elements) -> lattice from the coordinate channels -> recursive watershed -> an orthogonal pymatgen ``Structure``
 (`discovery.generators.icsg3d_decode`). A sample is *valid* when it decodes to 1..40 sites and
 passes `discovery.structures.structural_problem` at 0.5 A (every pair distance, periodic images
 included, at least 0.5 A, and a positive volume), the paper's validity check.
@@ -806,17 +806,15 @@ class ICSG3DModel:
                 zb = torch.as_tensor(z[start:start + self._batch], device=self.device)
                 cb = torch.as_tensor(cond[start:start + self._batch], device=self.device)
                 x_hat = self.vae.decode(zb, cb)
-                species_logits, occ_logits = self.unet(x_hat)
-                labels = (species_logits + mask[None, :, None, None, None]).argmax(dim=1).to(torch.uint8)
-                occ = torch.sigmoid(occ_logits[:, 0])
+                labels, occ = self.unet.segment(x_hat, OCCUPANCY_THRESHOLD, mask)
                 x_np = x_hat.float().cpu().numpy()
                 labels_np = labels.cpu().numpy()
                 occ_np = occ.float().cpu().numpy()
                 for j in range(len(x_np)):
                     lattices[start + j] = lattice_from_coords(x_np[j, 1:], self.voxel_config)
                     try:
-                        s = decode_structure(x_np[j], labels_np[j].astype(np.int64), occ_np[j], self.voxel_config,
-                                             threshold=OCCUPANCY_THRESHOLD)
+                        s = decode_structure(x_np[j], labels_np[j], occ_np[j], self.voxel_config,
+                                             lattice_abc=lattices[start + j], threshold=OCCUPANCY_THRESHOLD)
                     except (ValueError, np.linalg.LinAlgError) as exc:
                         logger.debug("icsg3d: decoding failed (%s)", exc)
                         s = None
@@ -907,7 +905,8 @@ class ICSG3DModel:
         """Continue training the VAE on a few structures (e.g. confirmed hits), same loss.
 
         The frozen UNet stays the perceptual model; Adam at ``config.vae.lr``; structures that
-        cannot be voxelised are skipped.
+        cannot be voxelised are skipped. Batch-norm layers stay in eval mode: a handful of hits
+        would otherwise replace the statistics calibrated on the training maps.
 
         Returns:
             The mean training loss of every epoch (empty when nothing could be voxelised).
@@ -928,6 +927,9 @@ class ICSG3DModel:
         cond = one_hot(dec, self.n_deciles)
         losses = []
         self.vae.train()
+        for module in self.vae.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
         try:
             for _ in range(epochs):
                 total, seen = 0.0, 0
@@ -951,7 +953,7 @@ class ICSG3DModel:
 
 
 def evaluate_reconstruction(model: ICSG3DModel, structures: Sequence, labels: Sequence[float] | None = None,
-                            batch_size: int = 64) -> dict[str, float]:
+                            batch_size: int = 64, per_structure: bool = False) -> dict[str, Any]:
     """Reconstruction metrics of MODELS.md 1.6 on held-out crystals.
 
     Each structure is voxelised (in the frame of `~discovery.featurize.voxels.prepare_structure`),
@@ -963,6 +965,8 @@ def evaluate_reconstruction(model: ICSG3DModel, structures: Sequence, labels: Se
         structures: reference crystals; those that cannot be voxelised are counted and skipped.
         labels: condition-property label per structure.
         batch_size: structures voxelised at a time (bounds memory).
+        per_structure: also return ``lattice_true`` and ``lattice_pred`` (n_ok, 3) arrays in A and the
+            list ``site_emds`` (for plots).
 
     Returns:
         ``n``, ``n_skipped``, ``lattice_mae_a``/``_b``/``_c`` (A), ``site_emd`` (mean matched site
@@ -980,6 +984,7 @@ def evaluate_reconstruction(model: ICSG3DModel, structures: Sequence, labels: Se
     structures = list(structures)
     labels_arr = None if labels is None else np.asarray(labels, dtype=np.float64)
     abs_err, emds, dn, mse_sum, mse_n = [], [], [], 0.0, 0
+    true_abc, pred_abc = [], []
     correct = atoms = 0
     n_ok = decoded = valid = matched = 0
     from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -1012,6 +1017,8 @@ def evaluate_reconstruction(model: ICSG3DModel, structures: Sequence, labels: Se
                                        strict=True):
             n_ok += 1
             abs_err.append(np.abs(np.asarray(p.lattice.abc) - abc))
+            true_abc.append(np.asarray(p.lattice.abc))
+            pred_abc.append(np.asarray(abc))
             dn.append(abs(len(p) - (len(s) if s is not None else 0)))
             if s is not None:
                 decoded += 1
@@ -1026,7 +1033,10 @@ def evaluate_reconstruction(model: ICSG3DModel, structures: Sequence, labels: Se
                     pass
     n = len(structures)
     err = np.asarray(abs_err) if abs_err else np.full((1, 3), np.nan)
-    return {
+    details = {} if not per_structure else {
+        "lattice_true": np.asarray(true_abc).reshape(-1, 3), "lattice_pred": np.asarray(pred_abc).reshape(-1, 3),
+        "site_emds": list(emds)}
+    return {**details,
         "n": n,
         "n_skipped": n - n_ok,
         "lattice_mae_a": float(np.mean(err[:, 0])),

@@ -171,17 +171,51 @@ class UNet3D(nn.Module):
         feats.append(act)
         return skips, feats, h
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Species and occupancy logits (no softmax / sigmoid).
+    def trunk(self, x: Tensor) -> Tensor:
+        """The last hidden layer, on which both 1x1x1 heads sit.
 
-        Shapes: x (N, C, d, d, d) -> ((N, n_classes, d, d, d), (N, 1, d, d, d)).
+        Shapes: x (N, C, d, d, d) -> (N, width, d, d, d).
         """
         self._check_input(x)
         skips, _, h = self._encode(x)
         for (first, second), skip in zip(self.up, reversed(skips), strict=True):
             h = F.interpolate(h, scale_factor=2, mode="nearest")
             h = second(first(torch.cat([skip, h], dim=1)))
+        return h
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Species and occupancy logits (no softmax / sigmoid).
+
+        Shapes: x (N, C, d, d, d) -> ((N, n_classes, d, d, d), (N, 1, d, d, d)).
+        """
+        h = self.trunk(x)
         return self.species_head(h), self.occupancy_head(h)
+
+    def segment(self, x: Tensor, threshold: float, class_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Occupancy probability, and species labels on the voxels where it reaches ``threshold``.
+
+        Decoding only reads species inside the atom mask, so the 95-way head runs on those voxels
+        alone; the labels there equal the argmax of `forward`'s species logits (plus ``class_bias``).
+
+        Args:
+            x: voxel maps.
+            threshold: atom voxels have ``sigmoid(occupancy logit) >= threshold``.
+            class_bias: added to the species logits before the argmax (``-inf`` bars a class).
+
+        Shapes: x (N, C, d, d, d) -> labels (N, d, d, d) int64 (0 outside the mask), probability
+        (N, d, d, d); class_bias (n_classes,).
+        """
+        h = self.trunk(x)
+        occupancy = torch.sigmoid(self.occupancy_head(h)[:, 0])
+        mask = occupancy >= threshold
+        labels = torch.zeros(mask.shape, dtype=torch.int64, device=x.device)
+        if bool(mask.any()):
+            hidden = h.permute(0, 2, 3, 4, 1)[mask]
+            logits = hidden @ self.species_head.weight.view(self.n_classes, -1).T + self.species_head.bias
+            if class_bias is not None:
+                logits = logits + class_bias
+            labels[mask] = logits.argmax(dim=1)
+        return labels, occupancy
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Perceptual layers: the second ReLU output (before BN) of each down level and of the bottom.

@@ -1,6 +1,7 @@
-"""ICSG3D as a campaign generator, with EMT standing in for DFT (as the name says): the trained
-model is hosted in its worker next to the random-structure generator, the bandit shares proposals between them,
-and the campaign's labels reach the generator's update."""
+"""ICSG3D as a campaign generator, with EMT standing in for DFT (as the name says): the campaign file
+selects the preset and training data, the generator trains its model on first start inside its worker
+(next to the random-structure generator), a second start reuses it, the bandit shares proposals between
+them, and the campaign's labels reach the generator's update."""
 
 import json
 import sqlite3
@@ -8,18 +9,18 @@ import sqlite3
 import pytest
 import yaml
 
-from icsg3d_helpers import train_tiny
+from icsg3d_helpers import tiny_overrides, write_perovskite_csv
 
 
 @pytest.mark.slow
-def test_icsg3d_generator_runs_inside_a_short_emt_campaign(cli, tmp_path):
-    train_tiny(tmp_path)
+def test_icsg3d_generator_trains_itself_and_runs_inside_a_short_emt_campaign(cli, tmp_path):
+    write_perovskite_csv(tmp_path / "perov.csv")
     cfg = {
         "name": "icsg3d-emt", "seed": 0, "rounds": 2, "dft_per_round": 2,
         "chemistry": {"elements": ["Cu", "Ag", "O"], "max_atoms": 6, "reference_phases": []},
         "generators": [{"kind": "random_symmetric", "n_per_round": 6},
-                       {"kind": "icsg3d", "checkpoint_dir": str(tmp_path / "model"), "n_per_round": 4,
-                        "mode": "random"}],
+                       {"kind": "icsg3d", "checkpoint_dir": "model", "preset": "cpu", "train_data": "perov.csv",
+                        "train": tiny_overrides(), "n_per_round": 4, "mode": "random"}],
         "surrogate": {"ensemble_size": 2, "max_epochs": 20},
         "mlip": {"enabled": False},
         "dft": {"kind": "emt", "max_steps": 20},
@@ -38,3 +39,19 @@ def test_icsg3d_generator_runs_inside_a_short_emt_campaign(cli, tmp_path):
     assert all(sum(b["quotas"].values()) == 10 and b["quotas"]["icsg3d|"] >= 2 for b in bandit)
     status = json.loads(cli("status", str(out), "--json").stdout)
     assert status["dft_completed"] >= 2 and status["dft_repeated"] == 0
+    manifest = json.loads((tmp_path / "model" / "icsg3d.json").read_text())
+    assert manifest["config"]["preset"] == "cpu" and manifest["config"]["vae"]["epochs"] == 1
+    assert "training the cpu preset" in " ".join((proc.stderr + proc.stdout).split())  # rich wraps lines
+    with sqlite3.connect(out / "mlflow.db") as db:  # the training is its own MLflow run, next to the campaign's
+        runs = db.execute("select e.name, r.status from runs r join experiments e "
+                          "on r.experiment_id = e.experiment_id").fetchall()
+    assert ("icsg3d", "FINISHED") in runs and ("icsg3d-emt", "FINISHED") in runs
+
+    # a second campaign on the same folder loads the model instead of training again
+    stamp = (tmp_path / "model" / "vae.pt").stat().st_mtime_ns
+    cfg["rounds"] = 1
+    path.write_text(yaml.safe_dump(cfg))
+    again = cli("run", str(path), "--out", str(tmp_path / "out2"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "model" / "vae.pt").stat().st_mtime_ns == stamp
+    assert "training the cpu preset" not in " ".join((again.stderr + again.stdout).split())

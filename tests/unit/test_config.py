@@ -24,6 +24,23 @@ def test_default_campaign_file_validates_and_states_every_section():
     assert set(raw) == set(CampaignConfig.model_fields), "campaign.yaml should state every section"
 
 
+def test_icsg3d_example_campaign_validates_where_its_training_data_exists():
+    from discovery.config import ICSG3DGeneratorConfig
+
+    path = REPO / "configs" / "icsg3d_perovskites.yaml"
+    data = (path.parent / yaml.safe_load(path.read_text())["generators"][1]["train_data"]).resolve()
+    if not data.is_file():
+        pytest.skip(f"{data} is absent (the shared Perov-5 data); the example trains on it")
+    model = (REPO / "runs" / "icsg3d-perov5-cpu").resolve()
+    if model.exists():
+        pytest.skip(f"{model} exists: the check would compare against that model")
+    cfg = load_config(path)
+    icsg3d = cfg.generators[1]
+    assert isinstance(icsg3d, ICSG3DGeneratorConfig) and icsg3d.preset == "cpu"
+    assert icsg3d.checkpoint_dir == model and icsg3d.train_data == data
+    assert icsg3d.training_config().condition_property == "heat_ref"
+
+
 def test_presets_fill_model_sizes_and_explicit_keys_win(tmp_path):
     cfg = load_config(write(tmp_path, "surrogate: {preset: faithful, lr: 0.002}\n"))
     assert cfg.surrogate.n_conv == 3 and cfg.surrogate.atom_fea_len == 64

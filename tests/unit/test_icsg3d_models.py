@@ -400,3 +400,38 @@ def test_bad_checkpoints_raise_one_line_data_errors(saved_unet, tmp_path):
 
     misfit = save_checkpoint(tmp_path / "misfit.pt", "unet", wider, model.state_dict())
     _expect_data_error(misfit, "unet", wider, "weights do not fit")
+
+
+def test_segment_equals_the_argmax_of_forward_inside_the_atom_mask():
+    net = _seeded(0, UNet3D, widths=TINY_WIDTHS, bottom=16).eval()
+    x = _seeded(1, torch.rand, 2, 4, 16, 16, 16)
+    bias = torch.full((net.n_classes,), float("-inf"))
+    bias[list(ELEMENTS)] = 0.0
+    with torch.no_grad():
+        species_logits, occ_logits = net(x)
+        probability = torch.sigmoid(occ_logits[:, 0])
+        threshold = float(probability.median())
+        for class_bias in (None, bias):
+            labels, occ = net.segment(x, threshold, class_bias)
+            torch.testing.assert_close(occ, probability)
+            logits = species_logits if class_bias is None else species_logits + class_bias[None, :, None, None, None]
+            inside = probability >= threshold
+            assert inside.any() and (~inside).any()
+            assert torch.equal(labels[inside], logits.argmax(dim=1)[inside])
+            assert not labels[~inside].any()
+
+
+def test_recalibrate_batchnorm_sets_exact_statistics_and_restores_the_layers():
+    from discovery.models.icsg3d_training import recalibrate_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2, momentum=0.01))
+    data = torch.randn(12, 1, 4, 4, 4) * 3 + 5
+    recalibrate_batchnorm(net, lambda idx: net(data[torch.as_tensor(idx)]), np.arange(12), batch_size=4)
+    bn = net[1]
+    with torch.no_grad():
+        h = net[0](data)
+    # cumulative average of per-batch statistics over three equal batches = the exact mean
+    torch.testing.assert_close(bn.running_mean, h.mean(dim=(0, 2, 3, 4)), rtol=1e-5, atol=1e-5)
+    per_batch_var = torch.stack([h[i:i + 4].var(dim=(0, 2, 3, 4), unbiased=True) for i in (0, 4, 8)])
+    torch.testing.assert_close(bn.running_var, per_batch_var.mean(dim=0), rtol=1e-5, atol=1e-5)
+    assert bn.momentum == 0.01 and not net.training

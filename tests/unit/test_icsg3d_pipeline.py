@@ -15,7 +15,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from discovery.errors import ConfigError, DataError
-from icsg3d_helpers import TINY, perovskite, train_tiny, write_perovskite_csv
+from icsg3d_helpers import TINY, perovskite, tiny_overrides, train_tiny, write_perovskite_csv
 
 
 class RecordingTracker:
@@ -192,6 +192,57 @@ def _generator(trained, **kw):
 
     config = ICSG3DGeneratorConfig(checkpoint_dir=trained.out, n_per_round=3, **kw)
     return build_component(ComponentSpec("generator", config, ("Sr", "Ba", "Ti", "O"), 10, seed=0))
+
+
+def _campaign_with(tmp_path, **generator):
+    import yaml
+
+    from discovery.config import load_config
+
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump({"generators": [{"kind": "icsg3d", **generator}]}))
+    return load_config(path).generators[0]
+
+
+def test_campaign_file_selects_a_preset_and_checks_the_model_folder_up_front(trained, tmp_path):
+    shutil.copy(trained.data, tmp_path / "perov.csv")
+    # relative paths are taken from the campaign file's folder; a matching model is accepted
+    gen = _campaign_with(tmp_path, checkpoint_dir=str(trained.out), preset="cpu", train_data="perov.csv",
+                         train=tiny_overrides())
+    assert gen.train_data == (tmp_path / "perov.csv").resolve() and gen.checkpoint_dir.is_absolute()
+    longer_vae = tiny_overrides()
+    longer_vae["vae"]["epochs"] = 3
+    cases = [
+        ({"checkpoint_dir": "empty"}, "generators.0.checkpoint_dir: no trained ICSG3D model"),
+        ({"checkpoint_dir": str(trained.out), "preset": "faithful"},
+         "generators.0.preset: " + str(trained.out) + " holds a 'cpu' model, the campaign asks for 'faithful'"),
+        ({"checkpoint_dir": str(trained.out), "train_data": "perov.csv", "train": longer_vae},
+         "generators.0.train: " + str(trained.out) + " holds a model trained with vae.epochs=1, the campaign "
+         "asks for 3"),
+        ({"checkpoint_dir": "new", "train_data": "missing.csv"}, "generators.0.train_data: file not found"),
+        ({"checkpoint_dir": "new", "train_data": "perov.csv", "train": {"vae": {"epoch": 3}}},
+         "train.vae.epoch: Extra inputs are not permitted"),
+        ({"checkpoint_dir": "new", "train": {"vae": {"epochs": 3}}}, "train overrides need train_data"),
+    ]
+    for generator, message in cases:
+        with pytest.raises(ConfigError) as err:
+            _campaign_with(tmp_path, **generator)
+        assert message in str(err.value) and "\n" not in str(err.value), (generator, str(err.value))
+    assert not (tmp_path / "new").exists() and not (tmp_path / "empty").exists()
+
+
+def test_campaign_refuses_training_data_it_cannot_train_on_before_writing_anything(trained, tmp_path):
+    from discovery.launch import prepare
+
+    shutil.copy(trained.data, tmp_path / "perov.csv")
+    gen = _campaign_with(tmp_path, checkpoint_dir="new", train_data="perov.csv",
+                         train={**tiny_overrides(), "condition_property": "band_gap"})
+    from discovery.config import CampaignConfig
+
+    config = CampaignConfig(generators=[gen], mlip={"enabled": False}, execution={"backend": "local"})
+    with pytest.raises(ConfigError, match=r"^generators\.0\.train_data: .*band_gap"):
+        prepare(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "new").exists()
 
 
 def test_generator_is_registered_and_follows_the_protocol(trained):

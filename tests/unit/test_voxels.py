@@ -178,6 +178,55 @@ def test_featurize_many_skips_bad_structures_when_asked(caplog):
 # ----------------------------------------------------------------------------- round trip
 
 
+def test_lattice_from_coords_ignores_the_clipped_ramp_start_and_stray_voxels():
+    # What a decoder gives: the ramp clipped to 0 near the origin (final ReLU), noise, and a few
+    # wild voxels at the ends. The spread (the released read-out) follows the outliers.
+    rng = np.random.default_rng(0)
+    p = coordinate_channels([4.0, 5.0, 6.0], CFG)
+    decoded = np.maximum(p - 0.6, 0.0) + np.where(p > 0.6, 0.6, 0.0) + rng.normal(0, 0.15, p.shape)
+    decoded[:, -1, -1, -1] += 3.0
+    decoded[:, 0, 0, 0] -= 1.0
+    np.testing.assert_allclose(lattice_from_coords(decoded, CFG), [4.0, 5.0, 6.0], atol=0.02)
+    spread = np.ptp(decoded.reshape(3, -1), axis=1) * 32 / (31 * 1.5)
+    assert np.all(np.abs(spread - [4.0, 5.0, 6.0]) > 0.5)
+
+
+def test_an_atom_decoded_on_both_faces_of_the_cell_is_kept_once():
+    from discovery.generators.icsg3d_decode import drop_periodic_images
+
+    abc = [4.0, 4.0, 4.0]
+    # Sr at the origin and again 0.2 A short of the opposite face (its image); O pairs that must stay:
+    # an O-Sr pair across the boundary (other species) and two O atoms 0.3 A apart inside the cell.
+    numbers = np.array([38, 38, 8, 8, 8])
+    cart = np.array([[0.0, 0.0, 0.0], [3.8, 0.0, 0.0], [0.0, 3.85, 0.0], [2.0, 2.0, 2.0], [2.3, 2.0, 2.0]])
+    sizes = np.array([30, 12, 10, 10, 9])
+    kept_numbers, kept_cart = drop_periodic_images(numbers, cart, sizes, abc)
+    assert kept_numbers.tolist() == [38, 8, 8, 8]
+    np.testing.assert_allclose(kept_cart, cart[[0, 2, 3, 4]])
+    # the larger segment wins wherever it is
+    kept_numbers, kept_cart = drop_periodic_images(numbers[:2], cart[:2], np.array([5, 40]), abc)
+    np.testing.assert_allclose(kept_cart, cart[[1]])
+
+
+def test_convexity_matches_skimage_convex_hull_image():
+    from skimage.morphology import ball, convex_hull_image
+
+    from discovery.generators.icsg3d_decode import _convexity
+
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        mask = np.zeros((16, 16, 16), dtype=bool)
+        for _ in range(int(rng.integers(1, 4))):
+            r = int(rng.integers(1, 4))
+            c = rng.integers(r, 16 - r, size=3)
+            mask[tuple(slice(x - r, x + r + 1) for x in c)] |= ball(r).astype(bool)
+        expected = np.count_nonzero(mask) / np.count_nonzero(convex_hull_image(mask))
+        assert _convexity(mask) == pytest.approx(expected, abs=1e-12)
+    flat = np.zeros((5, 5, 5), dtype=bool)
+    flat[2, 1:4, 1:4] = True  # a plane has no volume: one atom, never split
+    assert _convexity(flat) == 1.0
+
+
 def test_lattice_from_coords_is_exact_inverse():
     p = coordinate_channels([4.0, 5.5, 7.25], CFG)
     np.testing.assert_allclose(lattice_from_coords(p, CFG), [4.0, 5.5, 7.25], rtol=1e-6)
