@@ -274,7 +274,8 @@ def test_cpu_preset_is_the_default_and_matches_models_md():
         ((4, 8), (8, 16), (16, 32)), 64, 4, 8, 1e-3)
     v = cfg.vae
     assert (v.filters, v.latent, v.batch_size, v.epochs, v.alpha, v.beta, v.lr) == (
-        (8, 16, 32, 64), 64, 8, 25, 0.5, 3e-4, 2e-3)
+        (8, 16, 32, 64), 64, 8, 40, 0.5, 3e-4, 2e-3)
+    assert cfg.unet.bn_recalibration_maps == v.bn_recalibration_maps == 256
     assert (cfg.cgcnn.n_conv, cfg.cgcnn.atom_fea_len, cfg.cgcnn.epochs) == (1, 64, 30)
 
 
