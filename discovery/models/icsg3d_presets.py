@@ -76,23 +76,28 @@ CDVAE_PROPERTIES: tuple[str, ...] = ("heat_ref", "heat_all", "dir_gap", "ind_gap
 KNOWN_PROPERTIES: tuple[str, ...] = (*ICSG3D_PROPERTIES, "poisson_ratio", *CDVAE_PROPERTIES)
 
 
-class UNetTrainConfig(Strict):
+class _ConvNetSchedule(Strict):
+    """Schedule shared by the two voxel networks (Adam, best-validation epoch)."""
+
+    lr: float = Field(..., gt=0)
+    batch_size: int = Field(..., ge=1)
+    epochs: int = Field(..., ge=1)
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    bn_recalibration_maps: int = Field(
+        256, ge=0, description="training maps whose exact batch-norm statistics replace the running "
+                               "averages before every validation pass (0: keep the running averages)")
+
+
+class UNetTrainConfig(_ConvNetSchedule):
     """Sizes and schedule of the segmentation UNet (`discovery.models.unet3d.UNet3D`)."""
 
     widths: tuple[tuple[int, int], ...] = Field(..., min_length=1,
                                                 description="(first, second) conv widths per level")
     bottom: int = Field(..., ge=1)
-    lr: float = Field(..., gt=0)
-    batch_size: int = Field(..., ge=1)
-    epochs: int = Field(..., ge=1)
     class_weights: Literal["inverse_frequency", "released"] = Field(
         "inverse_frequency",
         description="inverse_frequency: the paper's weights, background 0; released: the shipped code's "
                     "scalar 95 on every class")
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    bn_recalibration_maps: int = Field(
-        256, ge=0, description="training maps whose exact batch-norm statistics replace the running "
-                               "averages before every validation pass (0: keep the running averages)")
 
     @field_validator("widths")
     @classmethod
@@ -102,7 +107,7 @@ class UNetTrainConfig(Strict):
         return v
 
 
-class VAETrainConfig(Strict):
+class VAETrainConfig(_ConvNetSchedule):
     """Sizes, loss weights and schedule of the Cond-DFC-VAE (`discovery.models.cond_dfc_vae`)."""
 
     filters: tuple[int, ...] = Field(..., min_length=1)
@@ -110,13 +115,6 @@ class VAETrainConfig(Strict):
     dense: int = Field(256, ge=1, description="encoder hidden dense width before the mu/logvar heads")
     alpha: float = Field(..., ge=0, description="weight of the perceptual (UNet feature) loss")
     beta: float = Field(..., ge=0, description="weight of the KL divergence")
-    lr: float = Field(..., gt=0)
-    batch_size: int = Field(..., ge=1)
-    epochs: int = Field(..., ge=1)
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    bn_recalibration_maps: int = Field(
-        256, ge=0, description="training maps whose exact batch-norm statistics replace the running "
-                               "averages before every validation pass (0: keep the running averages)")
 
     @field_validator("filters")
     @classmethod
