@@ -151,8 +151,8 @@ class ICSG3DGeneratorConfig(Strict):
 
     @model_validator(mode="after")
     def _training_config(self) -> ICSG3DGeneratorConfig:
-        if self.train and self.train_data is None:
-            raise ValueError("train overrides need train_data")
+        if (self.train or self.train_seed) and self.train_data is None:
+            raise ValueError("train and train_seed need train_data")
         if self.train_data is not None:
             self.training_config()
         return self
@@ -167,8 +167,9 @@ class ICSG3DGeneratorConfig(Strict):
             return ICSG3DConfig.model_validate({**self.train, "preset": self.preset or "cpu"})
         except ValidationError as exc:
             err = exc.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"])
-            raise ValueError(f"train.{loc}: {err['msg']}") from None
+            where = ".".join(["train", *(str(x) for x in err["loc"])])
+            more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise ValueError(f"{where}: {err['msg'].removeprefix('Value error, ')}{more}") from None
 
 
 GeneratorConfig = Annotated[
@@ -645,14 +646,25 @@ def _resolve_paths(config: CampaignConfig, base: Path, source: str) -> CampaignC
         dirs.append(p)
     data = config.data.model_copy(update={"cdvae_csv": csvs, "cif_dirs": dirs})
     generators = [_resolve_generator_paths(g, i, base, source) for i, g in enumerate(config.generators)]
+    folders: dict[Path, int] = {}
+    for i, gen in enumerate(generators):
+        if isinstance(gen, ICSG3DGeneratorConfig):
+            j = folders.setdefault(gen.checkpoint_dir, i)
+            if j != i and (gen.train_data is not None or generators[j].train_data is not None):
+                raise ConfigError(f"{source}: generators.{i}.checkpoint_dir: generators.{j} uses the same folder and "
+                                  "one of them trains into it; give each its own checkpoint_dir")
+    for i, gen in enumerate(generators):
+        if isinstance(gen, ICSG3DGeneratorConfig):
+            from discovery.generators.icsg3d import check_model_folder
+
+            check_model_folder(gen, f"{source}: generators.{i}")
     return config.model_copy(update={"data": data, "generators": generators})
 
 
 def _resolve_generator_paths(gen: Any, i: int, base: Path, source: str) -> Any:
-    """ICSG3D model folders and training data, relative to the campaign file, checked up front."""
+    """ICSG3D model folders and training data, relative to the campaign file; the data must exist."""
     if not isinstance(gen, ICSG3DGeneratorConfig):
         return gen
-    from discovery.generators.icsg3d import check_model_folder
 
     def absolute(p: Path) -> Path:
         return (p if p.is_absolute() else base / p).resolve()
@@ -662,9 +674,7 @@ def _resolve_generator_paths(gen: Any, i: int, base: Path, source: str) -> Any:
         train_data = absolute(gen.train_data)
         if not train_data.is_file():
             raise ConfigError(f"{source}: generators.{i}.train_data: file not found: {gen.train_data}")
-    gen = gen.model_copy(update={"checkpoint_dir": absolute(gen.checkpoint_dir), "train_data": train_data})
-    check_model_folder(gen, f"{source}: generators.{i}")
-    return gen
+    return gen.model_copy(update={"checkpoint_dir": absolute(gen.checkpoint_dir), "train_data": train_data})
 
 
 def config_to_yaml(config: CampaignConfig) -> str:

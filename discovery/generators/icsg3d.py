@@ -81,7 +81,7 @@ def check_model_folder(config: ICSG3DGeneratorConfig, where: str) -> None:
     from pydantic import ValidationError
 
     from discovery.config import flatten
-    from discovery.generators.icsg3d_pipeline import MANIFEST_NAME
+    from discovery.generators.icsg3d_pipeline import MANIFEST_NAME, file_sha256
     from discovery.models.icsg3d_presets import ICSG3DConfig
 
     manifest_path = config.checkpoint_dir / MANIFEST_NAME
@@ -91,22 +91,27 @@ def check_model_folder(config: ICSG3DGeneratorConfig, where: str) -> None:
                               "(train one with `discovery train icsg3d`, or give train_data to train it here)")
         return
     try:
-        found = ICSG3DConfig.model_validate(json.loads(manifest_path.read_text())["config"])
+        manifest = json.loads(manifest_path.read_text())
+        found = ICSG3DConfig.model_validate(manifest["config"])
     except (OSError, ValueError, KeyError, TypeError, ValidationError):
         raise ConfigError(f"{where}.checkpoint_dir: {manifest_path} is not a readable ICSG3D manifest") from None
     if config.preset is not None and found.preset != config.preset:
         raise ConfigError(f"{where}.preset: {config.checkpoint_dir} holds a {found.preset!r} model, the campaign "
                           f"asks for {config.preset!r} (use another checkpoint_dir)")
-    if config.train_data is not None:
-        want = flatten(config.training_config().model_dump(mode="json"))
-        have = flatten(found.model_dump(mode="json"))
-        differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-        if differ:
-            k = differ[0]
-            raise ConfigError(f"{where}.train: {config.checkpoint_dir} holds a model trained with {k}="
-                              f"{have.get(k)!r}, the campaign asks for {want.get(k)!r}"
-                              + (f" (+{len(differ) - 1} more)" if len(differ) > 1 else "")
-                              + "; use another checkpoint_dir or delete the model")
+    if config.train_data is None:
+        return
+    # the raw manifest, not its validated copy: a key the training did not know yet is a difference
+    want = {**flatten(config.training_config().model_dump(mode="json")), "train_seed": config.train_seed,
+            "train_data sha256": file_sha256(config.train_data)}
+    have = {**flatten(manifest["config"]), "train_seed": manifest.get("seed"),
+            "train_data sha256": (manifest.get("data") or {}).get("sha256")}
+    differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if differ:
+        k = differ[0]
+        raise ConfigError(f"{where}.train: {config.checkpoint_dir} holds a model trained with {k}="
+                          f"{have.get(k)!r}, the campaign asks for {want.get(k)!r}"
+                          + (f" (+{len(differ) - 1} more)" if len(differ) > 1 else "")
+                          + "; use another checkpoint_dir or delete the model")
 
 
 def needs_training(config: ICSG3DGeneratorConfig) -> bool:

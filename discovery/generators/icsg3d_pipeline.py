@@ -124,7 +124,8 @@ class ICSG3DData:
         return len(self.candidates)
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -179,7 +180,7 @@ def load_training_data(data_path: str | Path, config: ICSG3DConfig, max_rows: in
               for p in properties}
     return ICSG3DData(source=path, candidates=keep, labels=labels, properties=properties,
                       condition_property=prop, n_rows=loaded.n_rows, n_corrupt=loaded.n_corrupt,
-                      n_unlabelled=len(loaded.candidates) - len(keep), sha256=_file_sha256(path),
+                      n_unlabelled=len(loaded.candidates) - len(keep), sha256=file_sha256(path),
                       load_s=time.perf_counter() - t0)
 
 
@@ -476,7 +477,7 @@ def train_icsg3d(data_path: str | Path | ICSG3DData, config: ICSG3DConfig, out_d
         "train_labels": [float(v) for v in y_train],
         "bases": bases,
         "metrics": _json_number(metrics),
-        "files": {part: {"path": name, "sha256": _file_sha256(out / name)} for part, name in FILES.items()},
+        "files": {part: {"path": name, "sha256": file_sha256(out / name)} for part, name in FILES.items()},
     }
     _write_json_atomic(out / MANIFEST_NAME, manifest)
     final = {"unet/best_val_loss": metrics["unet"].get("val_loss", math.nan),
@@ -657,7 +658,7 @@ class ICSG3DModel:
 
         def same_file(part: str, file: Path) -> None:
             want = files[part].get("sha256") if isinstance(files[part], dict) else None
-            if want and _file_sha256(file) != want:
+            if want and file_sha256(file) != want:
                 raise DataError(f"{file}: sha256 differs from the one recorded in {path.name}; "
                                 "the checkpoint belongs to another training run")
 

@@ -27,9 +27,9 @@ With the cpu preset's short, fast schedules (lr 1e-3 / 2e-3) the weights move fa
 averages follow, so eval-mode outputs lag the trained network; the decoded coordinate channels are
 then off in scale and the lattice with them (measured on a trained cpu model: held-out VAE MSE 0.084
 with the running averages, 0.059 after recalibration). Before every validation pass,
-`recalibrate_batchnorm` therefore replaces the running statistics with the exact average over
-``bn_recalibration_maps`` fixed training maps (train-mode forward passes without gradients, the
-same latent noise as training for the VAE). Best-epoch selection and the saved weights use these
+`recalibrate_batchnorm` therefore replaces the running statistics with their average over the
+batches of ``bn_recalibration_maps`` fixed training maps (``torch.optim.swa_utils.update_bn``:
+train-mode forward passes without gradients; the same latent noise as training for the VAE). Best-epoch selection and the saved weights use these
 statistics. The losses and the optimiser are unchanged.
 
 Checkpoints (`save_checkpoint` / `load_checkpoint`) are one ``torch.save`` file each, written
@@ -203,30 +203,32 @@ def _recalibration_maps(train_idx: np.ndarray, n: int, seed: np.random.SeedSeque
 BatchFn = Callable[[np.ndarray, bool], tuple[dict[str, float], dict[str, int]]]
 
 
+class _IndexedForward(nn.Module):
+    """Wraps a model so that ``torch.optim.swa_utils.update_bn`` can feed it sample indices."""
+
+    def __init__(self, model: nn.Module, forward: Callable[[np.ndarray], Any]):
+        super().__init__()
+        self.model = model
+        self._forward = forward
+
+    def forward(self, idx: np.ndarray) -> Any:
+        return self._forward(idx)
+
+
 def recalibrate_batchnorm(model: nn.Module, forward: Callable[[np.ndarray], Any], indices: np.ndarray,
                           batch_size: int) -> None:
-    """Set every batch-norm layer's running statistics to their exact average over ``indices``.
+    """Reset every batch-norm layer's running statistics to their average over ``indices``.
 
-    ``forward(idx)`` runs the model on those samples; it is called in train mode without gradients,
-    with cumulative averaging (``momentum=None``). The model is left in eval mode; the layers'
-    momentum is restored. Nothing happens without batch-norm layers or samples.
+    ``torch.optim.swa_utils.update_bn`` (train-mode passes without gradients, cumulative averaging
+    of the per-batch statistics, momentum restored afterwards); ``forward(idx)`` runs the model on
+    those samples. The model is left in eval mode.
     """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not layers or len(indices) == 0:
-        return
-    momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    try:
+    from torch.optim.swa_utils import update_bn
+
+    if len(indices):
         with torch.no_grad():
-            for idx in _batches(np.asarray(indices), batch_size, None):
-                forward(idx)
-    finally:
-        for m, momentum in zip(layers, momenta, strict=True):
-            m.momentum = momentum
-        model.eval()
+            update_bn(list(_batches(np.asarray(indices), batch_size, None)), _IndexedForward(model, forward))
+    model.eval()
 
 
 def _fit(stage: str, model: nn.Module, epochs: int, batch_size: int, split: Split,

@@ -206,6 +206,7 @@ def _campaign_with(tmp_path, **generator):
 
 def test_campaign_file_selects_a_preset_and_checks_the_model_folder_up_front(trained, tmp_path):
     shutil.copy(trained.data, tmp_path / "perov.csv")
+    write_perovskite_csv(tmp_path / "other.csv", n=10)
     # relative paths are taken from the campaign file's folder; a matching model is accepted
     gen = _campaign_with(tmp_path, checkpoint_dir=str(trained.out), preset="cpu", train_data="perov.csv",
                          train=tiny_overrides())
@@ -222,13 +223,32 @@ def test_campaign_file_selects_a_preset_and_checks_the_model_folder_up_front(tra
         ({"checkpoint_dir": "new", "train_data": "missing.csv"}, "generators.0.train_data: file not found"),
         ({"checkpoint_dir": "new", "train_data": "perov.csv", "train": {"vae": {"epoch": 3}}},
          "train.vae.epoch: Extra inputs are not permitted"),
-        ({"checkpoint_dir": "new", "train": {"vae": {"epochs": 3}}}, "train overrides need train_data"),
+        ({"checkpoint_dir": "new", "train": {"vae": {"epochs": 3}}}, "train and train_seed need train_data"),
+        ({"checkpoint_dir": str(trained.out), "train_data": "perov.csv", "train": tiny_overrides(), "train_seed": 1},
+         "holds a model trained with train_seed=0, the campaign asks for 1"),
+        ({"checkpoint_dir": str(trained.out), "train_data": "other.csv", "train": tiny_overrides()},
+         "holds a model trained with train_data sha256="),
     ]
     for generator, message in cases:
         with pytest.raises(ConfigError) as err:
             _campaign_with(tmp_path, **generator)
         assert message in str(err.value) and "\n" not in str(err.value), (generator, str(err.value))
     assert not (tmp_path / "new").exists() and not (tmp_path / "empty").exists()
+    # two generators may read one model, but not share a folder that one of them trains into
+    import yaml
+
+    from discovery.config import load_config
+
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump({"generators": [
+        {"kind": "icsg3d", "checkpoint_dir": "m", "train_data": "perov.csv"},
+        {"kind": "icsg3d", "checkpoint_dir": "./m/", "mode": "random"}]}))
+    with pytest.raises(ConfigError, match="generators.1.checkpoint_dir: generators.0 uses the same folder"):
+        load_config(two)
+    two.write_text(yaml.safe_dump({"generators": [
+        {"kind": "icsg3d", "checkpoint_dir": str(trained.out)},
+        {"kind": "icsg3d", "checkpoint_dir": str(trained.out), "mode": "random"}]}))
+    assert len(load_config(two).generators) == 2
 
 
 def test_campaign_refuses_training_data_it_cannot_train_on_before_writing_anything(trained, tmp_path):
