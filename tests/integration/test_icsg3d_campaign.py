@@ -1,7 +1,8 @@
 """ICSG3D as a campaign generator, with EMT standing in for DFT (as the name says): the campaign file
-selects the preset and training data, the generator trains its model on first start inside its worker
-(next to the random-structure generator), a second start reuses it, the bandit shares proposals between
-them, and the campaign's labels reach the generator's update."""
+selects the preset and training data, the campaign trains the model before its workers start, the
+generator is hosted in a Ray actor next to the random-structure generator, a second start reuses the
+model, the bandit shares proposals between them, and the campaign's labels reach the generator's
+update."""
 
 import json
 import sqlite3
@@ -24,7 +25,7 @@ def test_icsg3d_generator_trains_itself_and_runs_inside_a_short_emt_campaign(cli
         "surrogate": {"ensemble_size": 2, "max_epochs": 20},
         "mlip": {"enabled": False},
         "dft": {"kind": "emt", "max_steps": 20},
-        "execution": {"backend": "local", "dft_slots": 2},
+        "execution": {"backend": "ray", "dft_slots": 2, "num_cpus": 2},  # generators in Ray actors
     }
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -50,6 +51,7 @@ def test_icsg3d_generator_trains_itself_and_runs_inside_a_short_emt_campaign(cli
     # a second campaign on the same folder loads the model instead of training again
     stamp = (tmp_path / "model" / "vae.pt").stat().st_mtime_ns
     cfg["rounds"] = 1
+    cfg["execution"] = {"backend": "local", "dft_slots": 2}
     path.write_text(yaml.safe_dump(cfg))
     again = cli("run", str(path), "--out", str(tmp_path / "out2"))
     assert again.returncode == 0, again.stderr[-3000:]
