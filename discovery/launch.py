@@ -120,7 +120,6 @@ def train_generator_models(config: CampaignConfig, out_dir: Path, data: dict[int
     for i, training_data in data.items():
         gen = config.generators[i]
         training = gen.training_config()
-        reporter.status(f"training ICSG3D ({training.preset} preset) for generators.{i} into {gen.checkpoint_dir}")
         log.info("icsg3d: no model in %s; training the %s preset on %s first (%d UNet + %d VAE epochs)",
                  gen.checkpoint_dir, training.preset, gen.train_data, training.unet.epochs, training.vae.epochs)
 
