@@ -22,7 +22,7 @@ from discovery.actors.cluster import connect
 from discovery.actors.workers import SINGLE_THREAD_ENV, ComponentActor, DFTActor
 from discovery.build import ComponentSpec
 from discovery.executor import DFTResultQueue
-from discovery.records import Candidate, Evaluation, Failure, Provenance
+from discovery.records import Candidate, Evaluation, failed_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,10 @@ class RayExecutor(DFTResultQueue):
         self._started_ray = connect(self.address, self.num_cpus or max(dft_slots, os.cpu_count() or 1),
                                     resources={"dft": dft_slots}) or self._started_ray
         dft_resources = {"dft": 1} if ray.cluster_resources().get("dft", 0) >= 1 else {}
+        # a component configured for CUDA (``device: cuda``) gets a GPU; the rest share the CPUs
         self._actors = {
-            name: ComponentActor.options(num_cpus=0, runtime_env=SINGLE_THREAD_ENV).remote(spec)
+            name: ComponentActor.options(num_cpus=0, num_gpus=1 if getattr(spec.config, "device", "cpu") == "cuda"
+                                         else 0, runtime_env=SINGLE_THREAD_ENV).remote(spec)
             for name, spec in components.items()
         }
         self._dft_actors = [
@@ -126,10 +128,7 @@ class RayExecutor(DFTResultQueue):
                     idle.append(replacement)
 
     def _lost(self, cand: Candidate, exc: Exception) -> Evaluation:
-        fp = str(self._dft_spec.extra.get("fingerprint", "unknown"))
-        return Evaluation(
-            candidate_id=cand.id, fidelity=str(self._dft_spec.extra.get("fidelity", "dft")),
-            oracle=self._dft_spec.kind, oracle_fingerprint=fp, status="failed",
-            failure=Failure(error_class="WorkerLost", message=str(exc)[:500], retryable=True),
-            provenance=Provenance(code=self._dft_spec.kind, code_version="?", settings_fingerprint=fp),
-        )
+        return failed_evaluation(cand.id, fidelity=str(self._dft_spec.extra.get("fidelity", "dft")),
+                                 oracle=self._dft_spec.kind,
+                                 fingerprint=str(self._dft_spec.extra.get("fingerprint", "unknown")),
+                                 error_class="WorkerLost", message=str(exc), retryable=True)

@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/icsg3d.py [--data CSV] [--preset cpu|faithful] [--out DIR]
         [--max-structures N] [--device cpu|cuda] [--set key=value ...] [--reuse]
+        [--dataset perov_5|carbon_24|mp_20] [--n-valid-sample N] [--n-jobs N]
 
-Training goes through `discovery.generators.icsg3d_pipeline.train_icsg3d` (seeded 80/20 split by
+Training goes through `discovery.models.icsg3d.train.train_icsg3d` (seeded 80/20 split by
 structure, condition ``heat_ref`` unless ``--set condition_property=...``). On the held-out 20 %:
 
 - reconstruction (MODELS.md 1.6, `evaluate_reconstruction`): lattice MAE a/b/c (A), mean site EMD
@@ -12,13 +13,17 @@ structure, condition ``heat_ref`` unless ``--set condition_property=...``). On t
   evenly over the deciles (1,000: 100 per decile, the paper's protocol), and of ``--n-targeted``
   samples z ~ N(mu_base, 0.5) around ``--n-bases`` held-out bases under their own deciles;
 - CD-VAE generation metrics of the random samples against the held-out set
-  (`discovery.metrics.generation`): structural and compositional validity, COV-R / COV-P with
-  CD-VAE's Perov-5 thresholds (0.2, 4), EMD of density and of the number of elements. ``matminer``
-  is not available, so COV uses our own simple fingerprints (a smeared neighbour-shell histogram
-  instead of CrystalNN order parameters, Magpie-style statistics of eight pymatgen element
-  properties instead of Magpie): COV is not comparable with the CD-VAE paper. For calibration the
-  same COV of up to 1,000 *training* crystals against the held-out set is printed as
-  ``reference_cov_recall`` / ``reference_cov_precision``;
+  (`discovery.metrics.generation.generation_metrics`, CD-VAE's ``GenEval``): structural,
+  compositional (SMACT) and overall validity over all samples; COV-R / COV-P with matminer's
+  CrystalNN and Magpie fingerprints and CD-VAE's thresholds for ``--dataset`` (default: the data
+  file's folder name when it is one of perov_5, carbon_24, mp_20, else perov_5), over all generated
+  crystals as CD-VAE does (``gen_cov_*``; comparable with the CD-VAE paper) and over the valid ones
+  only (``gen_cov_*_valid``); EMDs of density and number of elements and the fingerprint diversity
+  of up to ``--n-valid-sample`` valid samples. Next to them, ``gen_simple_cov_*``: the project's
+  earlier own-fingerprint COV of the valid samples (`discovery.metrics.simple_fingerprints`; not
+  comparable with the paper). For calibration, the same two COVs of up to 1,000 *training* crystals
+  against the held-out set: ``reference_cov_*`` (matminer) and ``reference_simple_cov_*``.
+  CrystalNN fingerprints are cached in ``--out``/fingerprints.npz, so ``--reuse`` skips them;
 - generation throughput: valid random samples per second of decoding (VAE, UNet, watershed,
   validity), and the total training wall time.
 
@@ -98,7 +103,16 @@ def main() -> None:
     p.add_argument("--n-bases", type=int, default=100)
     p.add_argument("--max-test", type=int, default=None, help="evaluate on at most N held-out structures")
     p.add_argument("--reuse", action="store_true", help="evaluate the model already trained in --out")
+    p.add_argument("--dataset", default=None, help="CD-VAE coverage thresholds: perov_5, carbon_24 or mp_20")
+    p.add_argument("--n-valid-sample", type=int, default=1000, help="valid samples for EMDs (CD-VAE: 1000)")
+    p.add_argument("--n-jobs", type=int, default=1, help="worker processes for CrystalNN fingerprints")
     args = p.parse_args()
+    from discovery.metrics.coverage import COV_CUTOFFS
+
+    dataset = args.dataset or (args.data.parent.name if args.data.parent.name in COV_CUTOFFS else "perov_5")
+    if dataset not in COV_CUTOFFS:
+        p.error(f"--dataset must be one of {sorted(COV_CUTOFFS)}, not {dataset!r}")
+    cutoffs = COV_CUTOFFS[dataset]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("pymatgen", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -106,15 +120,20 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
 
-    from discovery.generators.icsg3d_pipeline import (ICSG3DModel, check_device, evaluate_reconstruction,
-                                                      load_training_data, train_icsg3d)
-    from discovery.metrics.generation import coverage, generation_metrics
-    from discovery.train_cli import icsg3d_config_from_args
+    from discovery.lifecycle import check_device
+    from discovery.models.icsg3d.data import load_training_data
+    from discovery.models.icsg3d.evaluation import evaluate_reconstruction
+    from discovery.models.icsg3d.model import ICSG3DModel
+    from discovery.models.icsg3d.train import train_icsg3d
+    from discovery.metrics.generation import (FingerprintCache, compositionally_valid, coverage, generation_metrics,
+                                              structurally_valid)
+    from discovery.metrics.simple_fingerprints import simple_coverage
+    from discovery.train_cli import config_from_args
 
     overrides = list(args.overrides)
     if not any(o.split("=", 1)[0].strip() == "condition_property" for o in overrides):
         overrides.insert(0, "condition_property=heat_ref")
-    config = icsg3d_config_from_args(args.preset, overrides, args.max_structures)
+    config = config_from_args("icsg3d", args.preset, overrides, args.max_structures)
     device = check_device(args.device)
     data = load_training_data(args.data, config)
 
@@ -150,9 +169,18 @@ def main() -> None:
                                    deciles=model.decile_of(test_labels[bases]))
     targeted_s = time.perf_counter() - t
 
-    gen = generation_metrics(random.structures, test_structures)
+    cache = FingerprintCache(args.out / "fingerprints.npz")
+    t = time.perf_counter()
+    gen = generation_metrics(random.structures, test_structures, dataset=dataset,
+                             n_valid_sample=args.n_valid_sample, seed=args.seed, n_jobs=args.n_jobs, cache=cache)
+    valid = [structurally_valid(s) and compositionally_valid(s) for s in random.structures]
+    gen_simple = simple_coverage(random.structures, valid, test_structures, *cutoffs)
     ref_pick = rng.choice(len(train), size=min(1000, len(train)), replace=False)
-    ref = coverage([train[k][0].pmg for k in ref_pick], [True] * len(ref_pick), test_structures)
+    ref_structures = [train[k][0].pmg for k in ref_pick]
+    ref = coverage(ref_structures, test_structures, dataset=dataset, n_jobs=args.n_jobs, cache=cache)
+    ref_simple = simple_coverage(ref_structures, [True] * len(ref_structures), test_structures, *cutoffs)
+    cache.save()
+    metrics_s = time.perf_counter() - t
 
     figure = plot_benchmark(recon, random, model.n_deciles, args.out / "icsg3d_benchmark.png")
     m = model.manifest["metrics"]
@@ -168,10 +196,18 @@ def main() -> None:
         "random_n": len(random), "random_validity": n_valid_random / max(len(random), 1),
         "targeted_n": len(targeted), "targeted_bases": int(len(bases)),
         "targeted_validity": float(targeted.valid.mean()) if len(targeted) else None,
+        "cov_dataset": dataset, "cov_cutoffs": list(cutoffs),
         "gen_struct_validity": gen["struct_validity"], "gen_comp_validity": gen["comp_validity"],
+        "gen_validity": gen["validity"], "gen_n_eval": gen["n_eval"],
         "gen_cov_recall": gen["cov_recall"], "gen_cov_precision": gen["cov_precision"],
+        "gen_cov_recall_valid": gen["cov_recall_valid"], "gen_cov_precision_valid": gen["cov_precision_valid"],
+        "gen_simple_cov_recall": gen_simple["cov_recall"], "gen_simple_cov_precision": gen_simple["cov_precision"],
         "gen_emd_density": gen["emd_density"], "gen_emd_n_elements": gen["emd_n_elements"],
+        "gen_struct_div": gen["struct_div"], "gen_comp_div": gen["comp_div"],
         "reference_cov_recall": ref["cov_recall"], "reference_cov_precision": ref["cov_precision"],
+        "reference_simple_cov_recall": ref_simple["cov_recall"],
+        "reference_simple_cov_precision": ref_simple["cov_precision"],
+        "metrics_wall_s": metrics_s,
         "valid_per_s": n_valid_random / random_s if random_s > 0 else None,
         "samples_per_s": len(random) / random_s if random_s > 0 else None,
         "targeted_samples_per_s": len(targeted) / targeted_s if targeted_s > 0 else None,

@@ -174,7 +174,8 @@ def cmd_run(args, console) -> int:
     config = load_config(args.campaign, args.overrides)
     out = args.out or Path("runs") / config.name
     reporter = RichReporter(console)
-    prepared = prepare(config, out, resume=args.resume, address=args.address, reporter=reporter)
+    prepared = prepare(config, out, resume=args.resume, address=args.address, reporter=reporter,
+                       source=str(args.campaign))
     args.held_logs.show()
     status_word = "FAILED"
     try:
@@ -196,23 +197,15 @@ def cmd_run(args, console) -> int:
 
 
 def cmd_validate(args, console) -> int:
-    from discovery.build import build_component, reference_candidates, seed_candidates
     from discovery.config import load_config
-    from discovery.launch import build_specs
+    from discovery.launch import check_inputs
 
     config = load_config(args.campaign, args.overrides)
-    seeds = seed_candidates(config)
-    refs = reference_candidates(config)
     with tempfile.TemporaryDirectory() as scratch:  # validation writes nothing the user keeps
-        _, dft = build_specs(config, Path(scratch))
-        oracle = build_component(dft)
-    precheck = getattr(oracle, "precheck", None)
-    for ref in refs:
-        problem = precheck(ref) if precheck else None
-        if problem is not None:
-            raise ConfigError(f"{args.campaign}: reference {ref.formula}: {problem.error_class}: {problem.message}")
-    console.print(f"{args.campaign}: ok ({len(seeds)} seed structures, {len(refs)} references, "
-                  f"{len(config.generators)} generators, DFT {dft.kind} settings {dft.extra['fingerprint']})")
+        inputs = check_inputs(config, Path(scratch), source=str(args.campaign))
+    console.print(f"{args.campaign}: ok ({len(inputs.seeds)} seed structures, {len(inputs.references)} references, "
+                  f"{len(config.generators)} generators, DFT {inputs.dft.kind} settings "
+                  f"{inputs.dft.extra['fingerprint']})")
     return 0
 
 
@@ -231,7 +224,8 @@ def cmd_benchmark(args, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from discovery.benchmark.config import load_benchmark_config
-    from discovery.benchmark.runner import jobs_of, load_table, run_all, summarise, track, write_outputs
+    from discovery.benchmark.runner import jobs_of, load_table, summarise, track, write_outputs
+    from discovery.launch import run_benchmark_jobs
 
     config = load_benchmark_config(args.config, args.overrides)
     out = (args.out or Path("runs") / "benchmarks" / config.name).resolve()
@@ -250,7 +244,7 @@ def cmd_benchmark(args, console) -> int:
             progress.update(task, advance=1, description=f"{run.policy}/{run.objective} seed {run.seed}: "
                                                          f"{run.hits[-1]}/{run.pool_hits} hits")
 
-        runs = run_all(table, config, args.address, on_done=done)
+        runs = run_benchmark_jobs(table, config, args.address, on_done=done)
     summary = summarise(config, runs)
     files = write_outputs(config, runs, summary, out)
     run_id = track(config, summary, files, out)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from discovery.build import ComponentSpec, build_component
-from discovery.records import Candidate, Evaluation, Failure, Provenance
+from discovery.records import Candidate, Evaluation, failed_evaluation
 
 
 def guarded_evaluate(oracle: Any, candidate: Candidate) -> Evaluation:
@@ -35,14 +35,10 @@ def guarded_evaluate(oracle: Any, candidate: Candidate) -> Evaluation:
     except Exception as exc:  # noqa: BLE001 - failures are data
         import traceback
 
-        return Evaluation(
-            candidate_id=candidate.id, fidelity=oracle.fidelity, oracle=oracle.name,
-            oracle_fingerprint=oracle.fingerprint, status="failed",
-            failure=Failure(error_class="WorkerCrashed", message=f"{type(exc).__name__}: {exc}"[:500],
-                            traceback=traceback.format_exc()[-4000:], retryable=True),
-            provenance=Provenance(code=oracle.name, code_version="?",
-                                  settings_fingerprint=oracle.fingerprint),
-        )
+        return failed_evaluation(candidate.id, fidelity=oracle.fidelity, oracle=oracle.name,
+                                 fingerprint=oracle.fingerprint, error_class="WorkerCrashed",
+                                 message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                                 retryable=True)
 
 
 class Executor(Protocol):

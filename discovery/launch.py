@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from discovery import __version__
-from discovery.build import ComponentSpec, build_component, reference_candidates, seed_candidates
+from discovery import registry
+from discovery.build import ComponentSpec, build_component
 from discovery.campaign import Campaign, Reporter
+from discovery.campaign.allocation import generator_labels
 from discovery.config import CampaignConfig, config_to_yaml, flatten
 from discovery.errors import ConfigError, DataError
 from discovery.ledger.sqlite import SqliteLedger
+from discovery.lifecycle import model_sources, needs_training
 from discovery.report import LEDGER_NAME
+from discovery.seeds import reference_candidates, seed_candidates
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +49,9 @@ def check_folder(out_dir: Path, resume: bool) -> None:
 
 
 def check_resume_compatible(config: CampaignConfig, out_dir: Path) -> None:
-    import yaml
+    from discovery.configbase import read_yaml_mapping
 
-    stored = yaml.safe_load((out_dir / "campaign.yaml").read_text())
+    stored = read_yaml_mapping(out_dir / "campaign.yaml", "stored campaign")
     current = config.model_dump(mode="json")
     for key in FROZEN_ON_RESUME:
         if stored.get(key) != current.get(key):
@@ -62,10 +66,10 @@ def build_specs(config: CampaignConfig, out_dir: Path) -> tuple[dict[str, Compon
     streams = seq.spawn(len(config.generators) + 1)
     elements = tuple(config.chemistry.elements)
     components: dict[str, ComponentSpec] = {}
-    for i, gen in enumerate(config.generators):
-        name = f"generator:{gen.kind}" if f"generator:{gen.kind}" not in components else f"generator:{gen.kind}:{i}"
-        components[name] = ComponentSpec("generator", gen, elements, config.chemistry.max_atoms,
-                                         int(streams[i].generate_state(1)[0]))
+    labels = generator_labels([registry.kind_of(g).name for g in config.generators])
+    for i, (gen, label) in enumerate(zip(config.generators, labels, strict=True)):
+        components[f"generator:{label}"] = ComponentSpec("generator", gen, elements, config.chemistry.max_atoms,
+                                                         int(streams[i].generate_state(1)[0]))
     components["surrogate"] = ComponentSpec("surrogate", config.surrogate, elements,
                                             seed=int(streams[-1].generate_state(1)[0]),
                                             workdir=out_dir / "checkpoints")
@@ -90,64 +94,74 @@ def make_tracker(config: CampaignConfig, out_dir: Path, run_id: str | None, expe
                          run_name=run_name or out_dir.name, run_id=run_id, artifact_location=artifacts)
 
 
-def read_training_data(config: CampaignConfig, reporter: Reporter) -> dict[int, Any]:
-    """Read and check the data of every ICSG3D model the campaign has to train (before any file is
-    written); keyed by the generator's index."""
-    from discovery.config import ICSG3DGeneratorConfig
-    from discovery.generators.icsg3d import needs_training
-    from discovery.generators.icsg3d_pipeline import load_training_data
-
-    data = {}
-    for i, gen in enumerate(config.generators):
-        if isinstance(gen, ICSG3DGeneratorConfig) and needs_training(gen):
-            reporter.status(f"reading ICSG3D training data {gen.train_data}")
+def read_training_data(config: CampaignConfig, reporter: Reporter) -> list[tuple[str, Any, Any]]:
+    """Read and check the data of every model the campaign has to train (before any file is
+    written): ``(key path, model fields, data)`` in training order."""
+    todo = []
+    for where, component in config.components():
+        for sub, fields in model_sources(component):
+            if not needs_training(fields):
+                continue
+            key = f"{where}.{sub}" if sub else where
+            trainer = registry.trainer(fields.model_name)
+            reporter.status(f"reading {fields.model_name} training data {fields.train_data}")
             try:
-                data[i] = load_training_data(gen.train_data, gen.training_config())
+                todo.append((key, fields, trainer.read_data(fields.train_data, fields.training_config())))
             except DataError as exc:
-                raise ConfigError(f"generators.{i}.train_data: {exc}") from None
-    return data
+                raise ConfigError(f"{key}.train_data: {exc}") from None
+    return todo
 
 
-def train_generator_models(config: CampaignConfig, out_dir: Path, data: dict[int, Any], reporter: Reporter) -> None:
-    """Train the ICSG3D models the campaign asks for, here with every core, before the workers start.
+def train_missing_models(config: CampaignConfig, out_dir: Path, todo: list[tuple[str, Any, Any]],
+                         reporter: Reporter) -> None:
+    """Train the models the campaign asks for, here with every core, before the workers start.
 
-    Each training is its own MLflow run (experiment ``icsg3d``, in the campaign's store) and
-    reports every epoch through ``reporter``; the model's manifest is written last, so a training
+    Each training is its own MLflow run (experiment = the model's name, in the campaign's store) and
+    reports every stage through ``reporter``; the model's manifest is written last, so a training
     cut short runs again at the next start.
     """
-    from discovery.generators.icsg3d_pipeline import train_icsg3d
+    for key, fields, data in todo:
+        trainer = registry.trainer(fields.model_name)
+        training = fields.training_config()
+        log.info("%s: no model in %s; training the %s preset on %s first", fields.model_name,
+                 fields.checkpoint_dir, training.preset, fields.train_data)
 
-    for i, training_data in data.items():
-        gen = config.generators[i]
-        training = gen.training_config()
-        log.info("icsg3d: no model in %s; training the %s preset on %s first (%d UNet + %d VAE epochs)",
-                 gen.checkpoint_dir, training.preset, gen.train_data, training.unet.epochs, training.vae.epochs)
-
-        def progress(stage: str, done: int, total: int, info: dict[str, Any], i: int = i) -> None:
+        def progress(stage: str, done: int, total: int, info: dict[str, Any], key: str = key) -> None:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in info.items()
                               if k in ("val_loss", "val_recall", "val_mae") and isinstance(v, int | float))
-            reporter.status(f"training ICSG3D for generators.{i}: {stage} {done}/{total}"
+            reporter.status(f"training {fields.model_name} for {key}: {stage} {done}/{total}"
                             + (f" ({shown})" if shown else ""))
 
-        tracker = make_tracker(config, out_dir, None, experiment="icsg3d", run_name=f"{config.name}-generators.{i}")
+        tracker = make_tracker(config, out_dir, None, experiment=fields.model_name, run_name=f"{config.name}-{key}")
         status = "FAILED"
         try:
-            train_icsg3d(training_data, training, gen.checkpoint_dir, tracker=tracker, progress=progress,
-                         seed=gen.train_seed, device=gen.device)
+            trainer.train(data, training, fields.checkpoint_dir, tracker=tracker, progress=progress,
+                          seed=fields.train_seed, device=fields.device)
             status = "FINISHED"
         finally:
             tracker.close(status)
 
 
-def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address: str | None = None,
-            reporter: Reporter | None = None) -> PreparedCampaign:
-    """Validate the folder and inputs, then open the ledger and tracker and wire the campaign."""
-    from discovery.structures import CandidateFilter
+@dataclass
+class CheckedInputs:
+    """Everything `check_inputs` read: seeds, references, component specs and the training data."""
 
-    out_dir = Path(out_dir).resolve()
-    check_folder(out_dir, resume)
-    if resume:
-        check_resume_compatible(config, out_dir)
+    seeds: list
+    references: list
+    components: dict[str, ComponentSpec]
+    dft: ComponentSpec
+    training: list[tuple[str, Any, Any]]
+
+
+def check_inputs(config: CampaignConfig, out_dir: Path, source: str = "campaign",
+                 reporter: Reporter | None = None) -> CheckedInputs:
+    """Everything `discovery validate` checks and `discovery run` checks before writing anything:
+    seed data sets, references (built and pre-checked by the DFT oracle), component specs and the
+    training data of models the campaign would train.
+
+    Raises:
+        ConfigError: one line naming the file and what is wrong.
+    """
     reporter = reporter or Reporter()
     reporter.status("loading seed structures and references")
     try:
@@ -156,11 +170,32 @@ def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address
     except DataError as exc:
         raise ConfigError(str(exc)) from None
     components, dft = build_specs(config, out_dir)
-    training = read_training_data(config, reporter)
+    oracle = build_component(dft)
+    precheck = getattr(oracle, "precheck", None)
+    for ref in references if precheck else ():
+        problem = precheck(ref)
+        if problem is not None:
+            raise ConfigError(f"{source}: reference {ref.formula}: {problem.error_class}: {problem.message}")
+    return CheckedInputs(seeds, references, components, dft, read_training_data(config, reporter))
+
+
+def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address: str | None = None,
+            reporter: Reporter | None = None, source: str = "campaign") -> PreparedCampaign:
+    """Validate the folder and inputs, then open the ledger and tracker and wire the campaign."""
+    from discovery.structures import CandidateFilter
+
+    out_dir = Path(out_dir).resolve()
+    check_folder(out_dir, resume)
+    if resume:
+        check_resume_compatible(config, out_dir)
+    reporter = reporter or Reporter()
+    inputs = check_inputs(config, out_dir, source, reporter)
+    seeds, references, components, dft, training = (inputs.seeds, inputs.references, inputs.components,
+                                                    inputs.dft, inputs.training)
 
     # ---- validation is over: from here on files are written
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_generator_models(config, out_dir, training, reporter)  # before the ledger: an interrupted
+    train_missing_models(config, out_dir, training, reporter)  # before the ledger: an interrupted
     # training leaves no campaign behind, and the next start trains again
     if not resume:
         (out_dir / "campaign.yaml").write_text(config_to_yaml(config))
@@ -190,10 +225,10 @@ def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address
     import numpy as np
 
     from discovery.campaign import hit_objective
-    from discovery.policies.acquisition import make_policy
+    from discovery.kinds import BuildContext
 
-    policy = make_policy(config.policy, hit_objective(config), np.random.default_rng(
-        np.random.SeedSequence(config.seed, spawn_key=(10_000,))))
+    policy = registry.build(config.policy, BuildContext(objective=hit_objective(config), rng=np.random.default_rng(
+        np.random.SeedSequence(config.seed, spawn_key=(10_000,)))))
     campaign = Campaign(config, out_dir, ledger, executor, components, dft, seeds, references, filt,
                         policy, tracker, reporter)
     return PreparedCampaign(campaign, ledger, tracker, out_dir)
@@ -207,3 +242,15 @@ def make_executor(config: CampaignConfig, address: str | None):
     from discovery.actors.executor import RayExecutor  # the only place the core reaches for Ray
 
     return RayExecutor(address=address or config.execution.address, num_cpus=config.execution.num_cpus)
+
+
+def run_benchmark_jobs(table, config, address: str | None = None, on_done=None) -> list:
+    """Every run of a replay benchmark, in this process (``execution.backend: local``) or as Ray
+    tasks; results in job order, ``on_done`` called as each finishes."""
+    from discovery.benchmark.runner import jobs_of, run_local
+
+    if config.execution.backend == "local" and not address:
+        return run_local(table, config, on_done)
+    from discovery.actors.replay import run_jobs_on_ray
+
+    return run_jobs_on_ray(table, config, jobs_of(config), address or config.execution.address, on_done)

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from scipy.stats import norm
 
-from discovery.config import Strict
+from discovery.configbase import Strict
 
 
 class Bound(Strict):

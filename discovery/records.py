@@ -142,6 +142,18 @@ class Evaluation(Record):
         return self.status == "ok"
 
 
+def failed_evaluation(candidate_id: str, *, fidelity: str, oracle: str, fingerprint: str, error_class: str,
+                      message: str, traceback: str = "", retryable: bool = False) -> Evaluation:
+    """The record of a calculation that failed outside its oracle (a crashed worker, a lost node):
+    failures are data, so the campaign records it like any other result."""
+    return Evaluation(
+        candidate_id=candidate_id, fidelity=fidelity, oracle=oracle, oracle_fingerprint=fingerprint, status="failed",
+        failure=Failure(error_class=error_class, message=message[:500], traceback=traceback[-4000:],
+                        retryable=retryable),
+        provenance=Provenance(code=oracle, code_version="?", settings_fingerprint=fingerprint),
+    )
+
+
 class Selection(Record):
     """What a policy picked in one round, with the scores it used.
 

@@ -1,41 +1,42 @@
 """What a campaign has found, computed from its ledger alone (works while it runs).
 
 `campaign_status` backs ``discovery status DIR --json`` and the table printed at the end of a run;
-`write_artifacts` writes the CIFs of validated candidates and the discovery-curve PNG.
+`round_metrics` is what the campaign logs when a round's DFT is back; `write_artifacts` writes the
+CIFs of validated candidates and the discovery-curve PNG. All of them read a
+`~discovery.campaign_state.CampaignState` (built from the ledger), never a live campaign.
 """
 
 from __future__ import annotations
 
-import fcntl
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pymatgen.core import Structure
 
+from discovery.campaign_state import CampaignState
 from discovery.errors import LedgerError
+from discovery.hits import hit_ids, rediscovered
 from discovery.ledger.sqlite import SqliteLedger
 from discovery.oracles.subprocess_runner import count_completed_runs
-from discovery.records import Evaluation, Fidelity
-from discovery.thermo import Hull
-
-if TYPE_CHECKING:
-    from discovery.campaign import Campaign
+from discovery.records import Evaluation
 
 LEDGER_NAME = "ledger.sqlite"
 
 
 def is_running(out_dir: Path) -> bool:
     """True while a driver holds the campaign's writer lock."""
-    lock = out_dir / "ledger.lock"
-    if not lock.exists():
+    from filelock import FileLock, Timeout
+
+    path = out_dir / "ledger.lock"
+    if not path.exists():
         return False
-    with open(lock) as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
     return False
 
 
@@ -69,8 +70,7 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
     try:
         running = is_running(out_dir)
         meta = ledger.meta()
-        candidates = ledger.candidates()
-        evals = ledger.evaluations()
+        state = CampaignState.from_ledger(ledger)
         rounds = [p for _, _, p, _ in ledger.rows("round")]
         n_submitted = ledger.count("submission")
         wall = _wall_s(ledger, running)
@@ -78,15 +78,13 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
     finally:
         ledger.close()
 
-    dft_fp = meta.get("dft_fingerprint")
-    fidelity = meta.get("dft_fidelity", Fidelity.DFT)
-    refs = {cid for cid, c in candidates.items() if c.generator == "reference"}
-    dft = {e.candidate_id: e for e in evals if e.fidelity == fidelity and e.oracle_fingerprint == dft_fp}
-    mlip = [e for e in evals if e.fidelity == Fidelity.MLIP and e.candidate_id not in refs]
-    cand_dft = {i: e for i, e in dft.items() if i not in refs}
-    hull = Hull([dft[i] for i in refs if i in dft and dft[i].ok], [e for e in cand_dft.values() if e.ok])
-
-    known_after_relax = rediscovered(cand_dft, [dft[i] for i in refs if i in dft and dft[i].ok])
+    dft_fp = state.dft_fingerprint
+    refs, dft, candidates = state.references, state.dft, state.candidates
+    mlip = [e for i, e in state.mlip.items() if i not in refs]
+    cand_dft = state.candidate_dft()
+    hull = state.dft_hull()
+    known_after_relax = rediscovered(cand_dft, state.reference_results(dft))
+    hit_set = hit_ids(cand_dft, state.reference_results(dft), hull, state.hit_threshold, known_after_relax)
     best = []
     for cid, ev in cand_dft.items():
         if not ev.ok:
@@ -102,13 +100,13 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
             "e_above_hull": res.e_above_hull if res else None,
             "e_above_reference_hull": res.e_above_reference_hull if res else None,
             "novel": cid not in known_after_relax,
+            "hit": cid in hit_set,
             "dft_wall_s": ev.provenance.wall_s,
         })
     curve = [(r["e_above_hull"], r["novel"]) for r in best]  # ledger order = order of completion
     best.sort(key=lambda r: (r["e_above_hull"] is None, r["e_above_hull"] or 0.0,
                              r["formation_energy_per_atom"] or 0.0))
-    threshold = meta.get("hit_e_above_hull_ev", 0.05)
-    hits = [r for r in best if r["novel"] and r["e_above_hull"] is not None and r["e_above_hull"] <= threshold]
+    threshold = state.hit_threshold
 
     # a calculation is repeated when its work folder logged more than one completed run, or when
     # the ledger holds two results for the same (candidate, settings) key
@@ -135,7 +133,7 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
         "dft_references_failed": sum(1 for i in refs if i in dft and not dft[i].ok),
         "dft_unique_structures": unique,
         "dft_repeated": repeated,
-        "hits": len(hits),
+        "hits": len(hit_set),
         "hit_e_above_hull_ev": threshold,
         "best": best[:10],
         "curve": curve,
@@ -153,79 +151,59 @@ def _failure_classes(evals) -> dict[str, int]:
     return out
 
 
-def rediscovered(cand_dft: dict[str, Evaluation], refs: list[Evaluation]) -> set[str]:
-    """Candidates whose relaxed structure matches a reference or an earlier validated candidate.
-
-    Generators propose structures that are new before relaxation; DFT may relax one into a known
-    phase. Such a result is still data, but not a discovery, so it never counts as a hit.
-    """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    matcher = StructureMatcher()
-    seen: dict[str, list[Structure]] = {}
-    for ev in refs:
-        s = Structure.from_dict(ev.relaxed_structure)
-        seen.setdefault(s.composition.reduced_formula, []).append(s)
-    repeated = set()
-    for cid, ev in cand_dft.items():
-        if not ev.ok:
-            continue
-        s = Structure.from_dict(ev.relaxed_structure)
-        group = seen.setdefault(s.composition.reduced_formula, [])
-        if any(matcher.fit(s, other) for other in group):
-            repeated.add(cid)
-        else:
-            group.append(s)
-    return repeated
-
-
 def _unique_structures(evals: list[Evaluation]) -> int:
     """Distinct relaxed structures (pymatgen StructureMatcher within each formula)."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from discovery.structures import structure_matcher
 
     by_formula: dict[str, list[Structure]] = {}
     for e in evals:
         s = Structure.from_dict(e.relaxed_structure)
         by_formula.setdefault(s.composition.reduced_formula, []).append(s)
-    matcher = StructureMatcher()
+    matcher = structure_matcher()
     return sum(len(matcher.group_structures(group)) for group in by_formula.values())
 
 
-def round_metrics(campaign: Campaign, rnd: int) -> dict[str, float]:
-    """Metrics logged when the DFT of round ``rnd`` is back."""
-    hull = campaign.dft_hull()
-    ids = [cid for cid, r in campaign.submitted.items() if r == rnd]
-    done = [campaign.dft[i] for i in ids if i in campaign.dft]
+def round_metrics(state: CampaignState, rnd: int, planned: list[dict[str, Any]]) -> dict[str, float]:
+    """Metrics logged when the DFT of round ``rnd`` is back.
+
+    Args:
+        state: what the campaign has computed.
+        rnd: the round.
+        planned: the ledger's ``round`` records (the funnel counts of every round planned so far).
+    """
+    hull = state.dft_hull()
+    ids = [cid for cid, r in state.submitted.items() if r == rnd]
+    done = [state.dft[i] for i in ids if i in state.dft]
     errors, z, best_ef, best_eh = [], [], None, None
-    for cid, ev in campaign.dft.items():
-        if not ev.ok or cid in campaign.references:
+    for cid, ev in state.candidate_dft().items():
+        if not ev.ok:
             continue
         res = hull.evaluate(Structure.from_dict(ev.relaxed_structure).composition, ev.energy_per_atom)
         if res is None:
             continue
         best_ef = res.formation_energy_per_atom if best_ef is None else min(best_ef, res.formation_energy_per_atom)
         best_eh = res.e_above_hull if best_eh is None else min(best_eh, res.e_above_hull)
-        if cid in ids and cid in campaign.predicted:
-            mean, std = campaign.predicted[cid]
+        if cid in ids and cid in state.predicted:
+            mean, std = state.predicted[cid]
             errors.append(abs(mean - res.e_above_reference_hull))
             z.append(abs(mean - res.e_above_reference_hull) / max(std, 1e-9))
-    planned = [p for _, _, p, _ in campaign.ledger.rows("round")]
+    cand_dft = state.candidate_dft()
     metrics: dict[str, float] = {
         "candidates_proposed": sum(p["proposed"] for p in planned),
         "candidates_valid": sum(p["valid"] for p in planned),
         "candidates_novel": sum(p["novel"] for p in planned),
-        "mlip_relaxed": sum(1 for i, e in campaign.mlip.items() if e.ok and i not in campaign.references),
-        "dft_failed_total": sum(1 for i, e in campaign.dft.items() if not e.ok and i not in campaign.references),
+        "mlip_relaxed": sum(1 for i, e in state.mlip.items() if e.ok and i not in state.references),
+        "dft_failed_total": sum(1 for e in cand_dft.values() if not e.ok),
         "dft_completed_round": sum(1 for e in done if e.ok),
         "dft_failed_round": sum(1 for e in done if not e.ok),
-        "dft_completed_total": sum(1 for i, e in campaign.dft.items() if e.ok and i not in campaign.references),
-        "hits": len(campaign.novel_hits(hull)),
+        "dft_completed_total": sum(1 for e in cand_dft.values() if e.ok),
+        "hits": len(state.hits(hull)),
     }
     if best_ef is not None:
         metrics["best_formation_energy"] = best_ef
         metrics["best_e_above_hull"] = best_eh
     if errors:  # how well the model that ranked this round predicted what DFT then found
-        model = campaign.scored_by.get(rnd, "surrogate").replace("-", "_")
+        model = state.scored_by.get(rnd, "surrogate").replace("-", "_")
         metrics[f"{model}_mae_new_dft"] = sum(errors) / len(errors)
         # calibration: the share of new DFT labels inside +-1 and +-2 predicted std
         metrics[f"{model}_within_1sigma"] = sum(v <= 1 for v in z) / len(z)

@@ -42,13 +42,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pydantic import Field
+
+from discovery.configbase import Strict
 from discovery.records import Candidate
 
 if TYPE_CHECKING:
     from ase import Atoms
     from pymatgen.core import Structure
 
-    from discovery.config import FilterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -262,15 +264,49 @@ def make_candidate(
 # ----------------------------------------------------------------------------- validity
 
 
+def closest_pair(structure: Structure, min_distance_a: float = 0.5,
+                 covalent_fraction: float = 0.0) -> tuple[float, float, str] | None:
+    """The pair of sites closest relative to its threshold, when it is closer than that threshold.
+
+    A pair's threshold is ``max(min_distance_a, covalent_fraction * (r_i + r_j))`` with ASE's
+    covalent radii (``covalent_fraction = 0``: a plain minimum distance). Periodic images count,
+    a site's own images included. This is the one pair-distance check of the house: generation
+    validity (`structural_problem`) and the DFT pre-check (with covalent radii) both use it.
+
+    Returns:
+        ``(distance, threshold, "A-B")`` in A for the worst pair, or None.
+    """
+    radii = None
+    cutoff = min_distance_a
+    if covalent_fraction > 0:
+        from ase.data import covalent_radii
+
+        radii = np.array([covalent_radii[site.specie.Z] for site in structure])
+        cutoff = max(cutoff, 2 * covalent_fraction * float(radii.max()))
+    centers, points, _, dists = structure.get_neighbor_list(cutoff, exclude_self=True)
+    if not len(dists):
+        return None
+    limits = np.full(len(dists), min_distance_a)
+    if radii is not None:
+        limits = np.maximum(limits, covalent_fraction * (radii[centers] + radii[points]))
+    ratio = dists / limits
+    k = int(np.argmin(ratio))
+    if ratio[k] >= 1.0:
+        return None
+    pair = f"{structure[int(centers[k])].specie.symbol}-{structure[int(points[k])].specie.symbol}"
+    return float(dists[k]), float(limits[k]), pair
+
+
 def structural_problem(structure: Structure, min_distance_a: float = 0.5) -> str | None:
     """Why a structure is not physically sensible, or None when it is.
 
     Checks: at least one site, finite lattice and coordinates, positive finite volume, and every
-    pair distance (periodic images and a site's own images included) at least ``min_distance_a``.
+    pair distance (periodic images and a site's own images included) at least ``min_distance_a``
+    (`closest_pair`).
 
     Units: min_distance_a in A.
     """
-    if len(structure) == 0:
+    if structure is None or len(structure) == 0:
         return "no sites"
     matrix = np.asarray(structure.lattice.matrix, dtype=float)
     if not np.all(np.isfinite(matrix)):
@@ -283,13 +319,12 @@ def structural_problem(structure: Structure, min_distance_a: float = 0.5) -> str
     if volume / len(structure) > 1e4:
         return f"volume per atom {volume / len(structure):.3g} A^3 is absurd"
     try:
-        centers, points, _, dists = structure.get_neighbor_list(min_distance_a, exclude_self=True)
+        close = closest_pair(structure, min_distance_a)
     except Exception as exc:  # neighbour search fails on degenerate cells
         return f"neighbour search failed: {exc}"
-    if len(dists):
-        i = int(np.argmin(dists))
-        a, b = structure[int(centers[i])].specie, structure[int(points[i])].specie
-        return f"atoms {a}-{b} only {dists[i]:.3f} A apart (minimum {min_distance_a} A)"
+    if close is not None:
+        d, _, pair = close
+        return f"atoms {pair} only {d:.3f} A apart (minimum {min_distance_a} A)"
     return None
 
 
@@ -324,6 +359,31 @@ def composition_problem(structure: Structure) -> str | None:
 # ----------------------------------------------------------------------------- filter
 
 
+
+#: StructureMatcher tolerances that decide "the same crystal" for de-duplication, novelty and
+#: rediscovery (pymatgen's defaults). Generation metrics use CD-VAE's looser ones
+#: (`discovery.metrics`), a different question.
+NOVELTY_MATCHER: dict[str, float] = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0}
+
+
+def structure_matcher(**overrides: Any):
+    """A pymatgen ``StructureMatcher`` with `NOVELTY_MATCHER` tolerances (``overrides`` win)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher(**{**NOVELTY_MATCHER, **overrides})
+
+
+class FilterConfig(Strict):
+    """Validity, de-duplication and novelty checks applied to every proposal."""
+
+    min_distance_a: float = Field(0.5, gt=0.0)
+    charge_neutral: bool = True
+    novelty: bool = True
+    matcher_ltol: float = NOVELTY_MATCHER["ltol"]
+    matcher_stol: float = NOVELTY_MATCHER["stol"]
+    matcher_angle_tol: float = NOVELTY_MATCHER["angle_tol"]
+
+
 @dataclass
 class FilterResult:
     """What `CandidateFilter.apply` kept and why it dropped the rest.
@@ -356,10 +416,8 @@ class CandidateFilter:
     """
 
     def __init__(self, config: FilterConfig):
-        from pymatgen.analysis.structure_matcher import StructureMatcher
-
         self.config = config
-        self._matcher = StructureMatcher(
+        self._matcher = structure_matcher(
             ltol=config.matcher_ltol,
             stol=config.matcher_stol,
             angle_tol=config.matcher_angle_tol,

@@ -1,6 +1,6 @@
 """The policy menu: single-fidelity acquisitions on the objective's utility (random, greedy, UCB, EI,
-PI, Thompson sampling, probability of satisfying every bound), the registry of every policy kind
-(`POLICIES`, with the multi-fidelity one) and `make_policy`.
+PI, Thompson sampling, probability of satisfying every bound). Their configs and registry entries
+are in `discovery.policies.configs`; the multi-fidelity policy is `discovery.policies.multi_fidelity`.
 
 Utilities are scaled signed margins (`Objective.utility`): >= 0 exactly for hits, larger is better,
 so "threshold" incumbents are utility 0 ("how likely / by how much is this a hit").
@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from discovery.config import PolicyConfig
 from discovery.objective import Objective
 from discovery.policies.base import BatchPolicy, scales_of, utility_moments
 from discovery.policies.diversity import FormulaCap
@@ -189,14 +188,3 @@ class ThompsonPolicy(BatchPolicy):
             local = self.diversifier.choose(drawn[chosen], k, [formulas[i] for i in chosen], emb[chosen])
             chosen = [chosen[j] for j in local]
         return self._selection(pool, posterior, chosen, drawn, context)
-
-
-POLICIES: dict[str, type[BatchPolicy]] = {
-    cls.name: cls for cls in (RandomPolicy, GreedyPolicy, UCBPolicy, EIPolicy, PIPolicy, ThompsonPolicy,
-                              ConstraintPolicy, MultiFidelityPolicy)
-}
-
-
-def make_policy(config: PolicyConfig, objective: Objective, rng: np.random.Generator) -> BatchPolicy:
-    """Build the policy a config names (``config.kind``; see `POLICIES`)."""
-    return POLICIES[config.kind](config, objective, rng)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from discovery.config import GeneratorBanditConfig
+from discovery.policies.configs import GeneratorBanditConfig
 
 STATE_VERSION = 1
 

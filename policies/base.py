@@ -87,6 +87,11 @@ class BatchPolicy:
         self.rng = rng
         self.diversifier = BatchDiversifier(config.diversity)
 
+    @classmethod
+    def build(cls, config: Any, context: Any) -> BatchPolicy:
+        """The registry's factory: ``context`` carries the objective and the random stream."""
+        return cls(config, context.objective, context.rng)
+
     def scores(self, posterior: Posterior, context: Mapping[str, Any]) -> np.ndarray:
         """Acquisition value of every pool candidate, higher is better. Shapes: (n,)."""
         raise NotImplementedError

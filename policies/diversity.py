@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from discovery.config import DiversityConfig
+from discovery.policies.configs import DiversityConfig
 
 log = logging.getLogger(__name__)
 

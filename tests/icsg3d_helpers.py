@@ -16,11 +16,11 @@ TINY = ["grid=32", "n_rotations=1", "n_deciles=4", "condition_property=heat_ref"
 
 def tiny_overrides() -> dict:
     """`TINY` as the nested mapping a campaign file's ``train:`` key takes."""
-    from discovery.config import _set_path, parse_overrides
+    from discovery.configbase import set_path, parse_overrides
 
     raw: dict = {}
     for key, value in parse_overrides(TINY, "tiny"):
-        _set_path(raw, key, value, "tiny")
+        set_path(raw, key, value, "tiny")
     return raw
 
 
@@ -54,11 +54,11 @@ def write_perovskite_csv(path: Path, n: int = 12) -> list[Structure]:
 
 def train_tiny(folder: Path, n: int = 12, **kwargs):
     """Write the CSV into ``folder`` and train the tiny model into ``folder / "model"``."""
-    from discovery.generators.icsg3d_pipeline import train_icsg3d
-    from discovery.train_cli import icsg3d_config_from_args
+    from discovery.models.icsg3d.train import train_icsg3d
+    from discovery.train_cli import config_from_args
 
     data = folder / "perov.csv"
     structures = write_perovskite_csv(data, n)
-    config = icsg3d_config_from_args("cpu", TINY)
+    config = config_from_args("icsg3d", "cpu", TINY)
     model = train_icsg3d(data, config, folder / "model", seed=0, **kwargs)
     return model, data, structures, config

@@ -8,26 +8,18 @@ the shared data.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from discovery.config import (
-    CGCNNEnsembleConfig,
-    ExecutionConfig,
-    ForestSurrogateConfig,
-    PolicyConfig,
-    Strict,
-    TrackingConfig,
-    _format_validation_error,
-    _set_path,
-    parse_overrides,
-    read_yaml_mapping,
-)
+from discovery import registry
+from discovery.config import ExecutionConfig, TrackingConfig
+from discovery.configbase import Strict, apply_overrides, read_yaml_mapping, validate
 from discovery.errors import ConfigError
 from discovery.objective import Objective
 
-SurrogateConfig = Annotated[ForestSurrogateConfig | CGCNNEnsembleConfig, Field(discriminator="kind")]
+#: The surrogate a benchmark fits when it names none (refit every batch, seconds per fit).
+DEFAULT_SURROGATE = "forest"
 
 
 class TableConfig(Strict):
@@ -94,7 +86,7 @@ class BenchmarkConfig(Strict):
         0.9, ge=0, le=1, description="random runs past the budget until this recall (it is cheap), "
         "so AF50/AF90 against it are measured, not extrapolated")
     policies: list[PolicyEntry] = Field(..., min_length=1)
-    surrogate: SurrogateConfig = Field(default_factory=lambda: ForestSurrogateConfig())
+    surrogate: SurrogateConfig = Field(default_factory=lambda: {"kind": DEFAULT_SURROGATE}, validate_default=True)
     cheap: CheapFidelityConfig = CheapFidelityConfig()
     execution: ExecutionConfig = ExecutionConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -123,11 +115,16 @@ class BenchmarkConfig(Strict):
         return next(p.label for p in self.policies if p.policy.kind == "random")
 
 
+_schema = registry.SchemaUnions([PolicyEntry, BenchmarkConfig], {
+    "PolicyConfig": ("policy", "ucb"),
+    "SurrogateConfig": ("surrogate", DEFAULT_SURROGATE),
+})
+
+
 def validate_model(model: type[BaseModel], raw: dict[str, Any], source: str):
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc)) from None
+    """Validate a benchmark or tune file's mapping (component unions current)."""
+    _schema.ensure()
+    return validate(model, raw, source)
 
 
 def resolve_table(table: TableConfig, base: Path, source: str) -> TableConfig:
@@ -161,9 +158,9 @@ def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) 
         ConfigError: one line naming the file, the key path and what was expected.
     """
     path = Path(path)
-    raw = read_yaml_mapping(path, "benchmark")
-    for key, value in parse_overrides(overrides, str(path)):
-        _set_path(raw, key, value, str(path))
+    raw = apply_overrides(read_yaml_mapping(path, "benchmark"), overrides, str(path))
     config = validate_model(BenchmarkConfig, raw, str(path))
     return config.model_copy(update={"table": resolve_table(config.table, path.parent, str(path))})
 
+
+_schema.ensure()

@@ -54,23 +54,17 @@ class ReplayRun:
         return asdict(self)
 
 
-_DESCRIPTORS = None  # one descriptor cache per process: the pool is featurised once, not every batch
+#: Caches shared by every surrogate built in this process (e.g. the pool's descriptors, computed once
+#: rather than every batch); see `discovery.kinds.BuildContext.shared`.
+_SHARED: dict[str, Any] = {}
 
 
 def make_surrogate(config, prop: str, seed: np.random.SeedSequence):
-    """A surrogate of the configured kind predicting ``prop``."""
-    global _DESCRIPTORS
-    cfg = config.model_copy(update={"property": prop})
-    if cfg.kind == "forest":
-        from discovery.featurize.descriptors import DescriptorCache
-        from discovery.surrogates.forest import ForestEnsembleSurrogate
+    """A surrogate of the configured (registered) kind predicting ``prop``."""
+    from discovery import registry
+    from discovery.kinds import BuildContext
 
-        if _DESCRIPTORS is None:
-            _DESCRIPTORS = DescriptorCache()
-        return ForestEnsembleSurrogate(cfg, seed, descriptor_cache=_DESCRIPTORS)
-    from discovery.surrogates.cgcnn_ensemble import CGCNNEnsembleSurrogate
-
-    return CGCNNEnsembleSurrogate(cfg, seed)
+    return registry.build(config.model_copy(update={"property": prop}), BuildContext(seed=seed, shared=_SHARED))
 
 
 def hit_mask(table: ReplayTable, objective: Objective) -> np.ndarray:
@@ -106,7 +100,8 @@ def iter_replay(table: ReplayTable, config: BenchmarkConfig, entry: PolicyEntry,
     Random (the baseline) keeps going past ``config.budget`` until it reaches
     ``config.random_until_recall`` so the factors against it are measured.
     """
-    from discovery.policies.acquisition import make_policy
+    from discovery import registry
+    from discovery.kinds import BuildContext
     from discovery.surrogates.calibration import coverage
 
     t0 = time.perf_counter()
@@ -117,7 +112,7 @@ def iter_replay(table: ReplayTable, config: BenchmarkConfig, entry: PolicyEntry,
     pool_hits = int(hits_all.sum())
     ss = np.random.SeedSequence(seed)
     _, policy_seq, surrogate_seq = ss.spawn(3)
-    policy = make_policy(entry.policy, objective, np.random.default_rng(policy_seq))
+    policy = registry.build(entry.policy, BuildContext(objective=objective, rng=np.random.default_rng(policy_seq)))
     cheap = SimulatedCheapOracle(table, props, config.cheap.noise_std, config.cheap.bias, seed)
     cheap_seen: dict[int, dict[str, float]] = {}
 
@@ -215,7 +210,7 @@ def _posterior(config: BenchmarkConfig, entry: PolicyEntry, props: list[str], ta
     """Fit one surrogate per property on its labels and predict the pool."""
     mean, std, members = {}, {}, {}
     embeddings = None
-    needs_embedding = entry.policy.diversity.method in ("kcenter", "dpp", "min_distance")
+    needs_embedding = entry.policy.diversity.needs_embeddings
     for k, p in enumerate(props):
         have = np.flatnonzero(np.isfinite(known[p]))
         if len(have) < 2:

@@ -1,7 +1,7 @@
 """`discovery benchmark`: every policy x seed x objective on one table, then the figures.
 
-Runs execute in this process (``execution.backend: local``) or as Ray tasks, one CPU each
-(``ray``, the default; `discovery.actors.replay` does the fan-out). The summary per objective and
+Runs execute in this process (``execution.backend: local``, `run_local`) or as Ray tasks, one CPU
+each (``ray``, the default; `discovery.actors.replay` does the fan-out). The summary per objective and
 policy (means and sample std over seeds):
 
 - ``curve``: hits found after each batch, on the common grid of oracle calls up to the budget;
@@ -63,24 +63,17 @@ def run_job(table: ReplayTable, config: BenchmarkConfig, job: Job) -> ReplayRun:
     return run_replay(table, config, entry, objective, seed)
 
 
-def run_all(table: ReplayTable, config: BenchmarkConfig, address: str | None = None,
-            on_done: Callable[[ReplayRun], None] | None = None) -> list[ReplayRun]:
-    """Every job, locally or on Ray; ``on_done`` is called as each run finishes."""
-    jobs = jobs_of(config)
-    if config.execution.backend == "local" and not address:
-        runs = []
-        for job in jobs:
-            runs.append(run_job(table, config, job))
-            if on_done is not None:
-                on_done(runs[-1])
-        return runs
-    from discovery.actors.replay import run_jobs_on_ray
-
-    return run_jobs_on_ray(table, config, jobs, address or config.execution.address, on_done)
-
-
-# ----------------------------------------------------------------------------- summary
-
+def run_local(table: ReplayTable, config: BenchmarkConfig,
+              on_done: Callable[[ReplayRun], None] | None = None) -> list[ReplayRun]:
+    """Every job in this process, in job order; ``on_done`` is called as each run finishes (the Ray
+    fan-out is `discovery.actors.replay.run_jobs_on_ray`; `discovery.launch.run_benchmark_jobs`
+    picks one)."""
+    runs = []
+    for job in jobs_of(config):
+        runs.append(run_job(table, config, job))
+        if on_done is not None:
+            on_done(runs[-1])
+    return runs
 
 def _stats(values: list[float | None]) -> dict[str, Any]:
     got = [v for v in values if v is not None]
@@ -244,7 +237,7 @@ def track(config: BenchmarkConfig, summary: dict[str, Any], files: list[Path], o
 
 
 def _log_summary(tracker, config: BenchmarkConfig, summary: dict[str, Any], files: list[Path]) -> None:
-    from discovery.config import flatten
+    from discovery.configbase import flatten
 
     tracker.log_params(flatten(config.model_dump(mode="json")))
     for oname, obj in summary["objectives"].items():

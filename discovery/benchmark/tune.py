@@ -26,7 +26,8 @@ from discovery.benchmark.config import (
     load_benchmark_config,
     validate_model,
 )
-from discovery.config import ExecutionConfig, Strict, TrackingConfig, _set_path, read_yaml_mapping
+from discovery.config import ExecutionConfig, TrackingConfig
+from discovery.configbase import Strict, apply_overrides, read_yaml_mapping, set_path
 from discovery.errors import ConfigError
 
 
@@ -95,9 +96,9 @@ def trial_config(base: BenchmarkConfig, tune: TuneConfig, params: dict[str, Any]
     entry = next(p for p in raw["policies"] if p["label"] == tune.policy)
     for key, value in params.items():
         if key.startswith("policy."):
-            _set_path(entry["policy"], key.removeprefix("policy."), value, source)
+            set_path(entry["policy"], key.removeprefix("policy."), value, source)
         else:
-            _set_path(raw, key, value, source)
+            set_path(raw, key, value, source)
     raw["policies"] = [p for p in raw["policies"] if p["label"] in (tune.policy, base.random_label)]
     return validate_model(BenchmarkConfig, raw, source)
 
@@ -109,12 +110,8 @@ def load_tune_config(path: str | Path, overrides: list[str] | None = None
     Raises:
         ConfigError: one line naming the file and the key.
     """
-    from discovery.config import parse_overrides
-
     path = Path(path)
-    raw = read_yaml_mapping(path, "tune")
-    for key, value in parse_overrides(overrides, str(path)):
-        _set_path(raw, key, value, str(path))
+    raw = apply_overrides(read_yaml_mapping(path, "tune"), overrides, str(path))
     tune = validate_model(TuneConfig, raw, str(path))
     bench_path = tune.benchmark if tune.benchmark.is_absolute() else path.parent / tune.benchmark
     base = load_benchmark_config(bench_path)
@@ -159,7 +156,7 @@ def best_campaign(campaign_path: Path, trial: BenchmarkConfig, tune: TuneConfig)
     if surrogate_keys and campaign_surrogate == trial.surrogate.kind:
         tuned_surrogate = trial.surrogate.model_dump(mode="json")
         for key in surrogate_keys:
-            _set_path(raw.setdefault("surrogate", {}), key, _get_path(tuned_surrogate, key), str(campaign_path))
+            set_path(raw.setdefault("surrogate", {}), key, _get_path(tuned_surrogate, key), str(campaign_path))
     validate_config(raw, f"{campaign_path} (with the best trial applied)")
     return raw
 

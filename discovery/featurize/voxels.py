@@ -62,7 +62,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from discovery.config import Strict
+from discovery.configbase import Strict
 from discovery.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -1,11 +1,9 @@
 """ICSG3D as a campaign generator: decode crystals of a target property decile from a trained model.
 
-The model is trained beforehand (``discovery train icsg3d``, `discovery.generators.icsg3d_pipeline`),
-or by the campaign before its workers start when the campaign file names ``train_data`` and the
-folder holds no model yet (`needs_training`, `discovery.launch.train_generator_models`), and
-loaded from ``checkpoint_dir`` when the generator is built (inside its worker).
-`check_model_folder` refuses, when the campaign file is read, a folder whose model is of another
-preset or training configuration.
+The model is trained beforehand (``discovery train icsg3d``, `discovery.models.icsg3d`), or by the
+campaign before its workers start when the campaign file names ``train_data`` and the folder holds
+no model yet (the generic lifecycle, `discovery.lifecycle`), and loaded from ``checkpoint_dir`` when
+the generator is built (inside its worker).
 
 Proposals (`ICSG3DGenerator.propose`):
 
@@ -30,7 +28,7 @@ Feedback (`ICSG3DGenerator.update`, the campaign's dict) understands:
   both are formation energies (`FORMATION_ENERGY_LABELS`: a perov_5 model conditions on
   ``heat_ref``, a campaign reports ``formation_energy_per_atom``). The decile edges are then
   recomputed with ``np.quantile`` over the training labels plus every label seen so far
-  (`discovery.generators.conditions.DecileConditions`, shared with the substitution generator);
+  (`discovery.featurize.deciles.DecileConditions`, shared with the substitution generator);
 - ``hits``: candidate ids (or Candidates) confirmed by DFT; they become the bases of targeted
   sampling, and the target decile moves to the decile of the median labelled hit. Without labelled
   hits the target stays at ``target_decile`` (default 0, the lowest, i.e. most stable, decile);
@@ -44,19 +42,19 @@ usable hits arrive; the version then gains a ``-ft<k>`` suffix. The version is o
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from discovery.errors import ConfigError, DataError
-from discovery.generators.conditions import DecileConditions
+from discovery.featurize.deciles import DecileConditions, one_hot
+from discovery.kinds import BuildContext, Kind
+from discovery.lifecycle import TrainedModelFields
+from discovery.models.icsg3d.presets import ICSG3DConfig
 from discovery.records import Candidate
-
-if TYPE_CHECKING:
-    from discovery.config import ICSG3DGeneratorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -68,57 +66,34 @@ OVERSAMPLE = 3
 MAX_DRAWS = 4
 
 
-def check_model_folder(config: ICSG3DGeneratorConfig, where: str) -> None:
-    """Refuse a model folder that cannot serve ``config`` before anything starts.
-
-    The folder must hold a model (``icsg3d.json``) or ``train_data`` must be given; an existing model
-    must be of the requested ``preset`` and, when ``train_data`` is given, of exactly the training
-    configuration the campaign asks for.
-
-    Raises:
-        ConfigError: one line starting with ``where``.
+class ICSG3DGeneratorConfig(TrainedModelFields):
+    """ICSG3D (Cond-DFC-VAE + 3-D UNet on voxel maps), trained with ``discovery train icsg3d`` or by
+    the campaign (`~discovery.lifecycle.TrainedModelFields`: ``checkpoint_dir``, ``preset``,
+    ``train_data``, ``train`` -- any key of `ICSG3DConfig`, e.g. ``{condition_property: heat_ref,
+    vae: {epochs: 10}}`` --, ``train_seed``, ``device``). See the module docstring for modes and
+    feedback.
     """
-    from pydantic import ValidationError
 
-    from discovery.config import flatten
-    from discovery.generators.icsg3d_pipeline import MANIFEST_NAME, file_sha256
-    from discovery.models.icsg3d_presets import ICSG3DConfig
+    model_name: ClassVar[str] = "icsg3d"
+    training_model: ClassVar[type] = ICSG3DConfig
 
-    manifest_path = config.checkpoint_dir / MANIFEST_NAME
-    if not manifest_path.is_file():
-        if config.train_data is None:
-            raise ConfigError(f"{where}.checkpoint_dir: no trained ICSG3D model in {config.checkpoint_dir} "
-                              "(train one with `discovery train icsg3d`, or give train_data to train it here)")
-        return
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        found = ICSG3DConfig.model_validate(manifest["config"])
-    except (OSError, ValueError, KeyError, TypeError, ValidationError):
-        raise ConfigError(f"{where}.checkpoint_dir: {manifest_path} is not a readable ICSG3D manifest") from None
-    if config.preset is not None and found.preset != config.preset:
-        raise ConfigError(f"{where}.preset: {config.checkpoint_dir} holds a {found.preset!r} model, the campaign "
-                          f"asks for {config.preset!r} (use another checkpoint_dir)")
-    if config.train_data is None:
-        return
-    # the raw manifest, not its validated copy: a key the training did not know yet is a difference
-    want = {**flatten(config.training_config().model_dump(mode="json")), "train_seed": config.train_seed,
-            "train_data sha256": file_sha256(config.train_data)}
-    have = {**flatten(manifest["config"]), "train_seed": manifest.get("seed"),
-            "train_data sha256": (manifest.get("data") or {}).get("sha256")}
-    differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-    if differ:
-        k = differ[0]
-        raise ConfigError(f"{where}.train: {config.checkpoint_dir} holds a model trained with {k}="
-                          f"{have.get(k)!r}, the campaign asks for {want.get(k)!r}"
-                          + (f" (+{len(differ) - 1} more)" if len(differ) > 1 else "")
-                          + "; use another checkpoint_dir or delete the model")
+    kind: Literal["icsg3d"] = "icsg3d"
+    n_per_round: int = Field(20, ge=1)
+    mode: Literal["random", "targeted"] = "targeted"
+    target_decile: int | None = Field(
+        None, ge=0, description="condition decile to sample; default: the lowest (most stable) one")
+    latent_scale: float = Field(0.5, gt=0, description="std of targeted samples around a base's latent mean")
+    fine_tune_epochs: int = Field(0, ge=0, description="VAE epochs on confirmed hits after each update (0: off)")
+    restrict_species: bool = Field(True, description="decode only the campaign's elements")
 
 
-def needs_training(config: ICSG3DGeneratorConfig) -> bool:
-    """The campaign asks for training (``train_data``) and ``checkpoint_dir`` holds no model yet."""
-    from discovery.generators.icsg3d_pipeline import MANIFEST_NAME
+def build(config: ICSG3DGeneratorConfig, context: BuildContext) -> ICSG3DGenerator:
+    return ICSG3DGenerator(config, context.elements, context.max_atoms)
 
-    return config.train_data is not None and not (config.checkpoint_dir / MANIFEST_NAME).is_file()
+
+KIND = Kind(role="generator", name="icsg3d", config=ICSG3DGeneratorConfig, factory="discovery.generators.icsg3d:build",
+            summary="samples a trained ICSG3D model around hits or at random, conditioned on a decile",
+            models=("icsg3d",))
 
 
 class ICSG3DGenerator:
@@ -139,7 +114,7 @@ class ICSG3DGenerator:
 
     def __init__(self, config: ICSG3DGeneratorConfig, elements: list[str] | tuple[str, ...] = (),
                  max_atoms: int = 0):
-        from discovery.generators.icsg3d_pipeline import ICSG3DModel
+        from discovery.models.icsg3d.model import ICSG3DModel
 
         self.config = config
         self.model = ICSG3DModel.load(config.checkpoint_dir, device=config.device)
@@ -298,7 +273,6 @@ class ICSG3DGenerator:
                 override the generator's target and mode for this call.
             rng: the only source of randomness.
         """
-        from discovery.generators.icsg3d_pipeline import one_hot
         from discovery.structures import make_candidate
 
         if n <= 0:

@@ -26,16 +26,20 @@ import itertools
 import logging
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from discovery.records import Candidate
 
+from pydantic import Field, field_validator
+
+from discovery.configbase import Strict
+from discovery.kinds import BuildContext, Kind
+
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-    from discovery.config import RandomSymmetricGeneratorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,33 @@ def charge_balanced_compositions(elements: list[str], max_atoms: int) -> list[di
                 if sum(counts.values()) <= max_atoms:
                     found.setdefault(Composition(counts).reduced_formula, counts)
     return [found[f] for f in sorted(found, key=lambda f: (sum(found[f].values()), f))]
+
+
+
+class RandomSymmetricGeneratorConfig(Strict):
+    """Random symmetric structures (pyxtal) for charge-balanced compositions of the campaign."""
+
+    kind: Literal["random_symmetric"] = "random_symmetric"
+    n_per_round: int = Field(20, ge=1)
+    space_groups: list[int] | None = Field(None, description="default: all 230")
+    volume_factor: float = Field(1.1, gt=0.3, lt=5.0)
+    max_attempts: int = Field(10, ge=1)
+
+    @field_validator("space_groups")
+    @classmethod
+    def _groups(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(not 1 <= g <= 230 for g in v):
+            raise ValueError("space groups are numbers 1..230")
+        return v
+
+
+def build(config: RandomSymmetricGeneratorConfig, context: BuildContext) -> RandomSymmetricGenerator:
+    return RandomSymmetricGenerator(config, list(context.elements), context.max_atoms)
+
+
+KIND = Kind(role="generator", name="random_symmetric", config=RandomSymmetricGeneratorConfig,
+            factory="discovery.generators.random_symmetric:build",
+            summary="random symmetric structures (pyxtal) of charge-balanced compositions")
 
 
 class RandomSymmetricGenerator:

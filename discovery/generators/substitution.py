@@ -32,17 +32,21 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from discovery.records import Candidate
-from discovery.generators.conditions import DecileConditions
+from discovery.featurize.deciles import DecileConditions
+
+from pydantic import Field
+
+from discovery.configbase import Strict
+from discovery.kinds import BuildContext, Kind
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-    from discovery.config import SubstitutionGeneratorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +101,27 @@ def guess_oxidation_states(structure: Structure) -> list[tuple[str, int]] | None
             return [(site.specie.symbol, int(v)) for site, v in zip(structure, valences, strict=True)]
         except Exception:  # BVAnalyzer raises ValueError when no valid assignment exists
             return None
+
+
+
+class SubstitutionGeneratorConfig(Strict):
+    """Ion substitution on known structures, weighted by pymatgen substitution probabilities."""
+
+    kind: Literal["substitution"] = "substitution"
+    n_per_round: int = Field(40, ge=1)
+    max_substitutions: int = Field(2, ge=1, description="sites species swapped per child")
+    hit_weight: float = Field(4.0, ge=1.0, description="sampling weight of DFT hits as parents (others: 1)")
+    decile_weight: float = Field(
+        1.0, ge=0.0, description="extra weight of labelled parents in the target formation-energy decile")
+
+
+def build(config: SubstitutionGeneratorConfig, context: BuildContext) -> SubstitutionGenerator:
+    return SubstitutionGenerator(config, list(context.elements), context.max_atoms)
+
+
+KIND = Kind(role="generator", name="substitution", config=SubstitutionGeneratorConfig,
+            factory="discovery.generators.substitution:build",
+            summary="ion substitution on known structures (pymatgen substitution probabilities)")
 
 
 class SubstitutionGenerator:

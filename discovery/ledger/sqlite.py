@@ -8,7 +8,6 @@ so writing the same result twice is a no-op (idempotent by ``(candidate_id, orac
 
 from __future__ import annotations
 
-import fcntl
 import json
 import sqlite3
 import time
@@ -52,14 +51,16 @@ class SqliteLedger:
     def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path)
         self.writer = writer
-        self._lock_file = None
+        self._lock = None
         if writer:
+            from filelock import FileLock, Timeout
+
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_file = open(self.path.with_suffix(".lock"), "w")
+            self._lock = FileLock(self.path.with_suffix(".lock"), timeout=0)
             try:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._lock_file.close()
+                self._lock.acquire()
+            except Timeout:
+                self._lock = None
                 raise LedgerError(f"{self.path}: another discovery driver is writing this campaign") from None
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -129,10 +130,9 @@ class SqliteLedger:
 
     def close(self) -> None:
         self.db.close()
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> SqliteLedger:
         return self

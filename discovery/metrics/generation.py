@@ -1,211 +1,230 @@
-"""Generation metrics in the manner of CD-VAE (MODELS.md 4.5): validity, coverage and property EMDs.
+"""CD-VAE's generation metrics, one implementation for every generator (MODELS.md 4.5; entry point).
 
-What follows CD-VAE's ``scripts/compute_metrics.py`` exactly:
+Follows ``scripts/compute_metrics.py`` and ``scripts/eval_utils.py`` of txie-93/cdvae (snapshot
+f857f598). The parts live in small modules and are re-exported here:
 
-- **structural validity** (`structurally_valid`): at least one site, every pairwise distance of the
-  pymatgen distance matrix (minimum image, a site's own images excluded) at least 0.5 A, and a
-  volume of at least 0.1 A^3;
-- **compositional validity** (`compositionally_valid`): SMACT charge neutrality plus the Pauling
-  electronegativity test, elements and alloys valid (`discovery.structures.composition_problem`);
-- **coverage** (`coverage`): COV-R is the fraction of reference crystals that have a valid
-  generated crystal within ``struct_cutoff`` in structure-fingerprint distance *and* within
-  ``comp_cutoff`` in composition-fingerprint distance (the two nearest neighbours are taken
-  separately, as CD-VAE does); COV-P is the number of valid generated crystals within both cutoffs
-  of some reference crystal divided by *all* generated crystals (invalid ones count);
-- **EMDs** (`property_emds`): ``scipy.stats.wasserstein_distance`` of the density (g/cm^3) and of the
-  number of distinct elements between the valid generated crystals and the reference set.
+- validity (`discovery.metrics.validity`): `structurally_valid`, `compositionally_valid`,
+  `crystal_from_arrays`;
+- fingerprints (`discovery.metrics.fingerprints`): matminer CrystalNN "ops" and Magpie with CD-VAE's
+  fixed scaler, cached; `fingerprints`, `FingerprintCache`;
+- coverage (`discovery.metrics.coverage`): `coverage`, `COV_CUTOFFS`;
+- reconstruction (`discovery.metrics.reconstruction`): `reconstruction_metrics`, `CDVAE_MATCHER`;
+- here: `property_emds`, `generation_metrics` (CD-VAE's ``GenEval``) and
+  `optimization_success_rates` (``OptEval``).
 
-What differs, because ``matminer`` is not available here: the fingerprints are our own and simpler.
+`generation_metrics` follows ``GenEval``:
 
-- Structure (`structure_fingerprint`, 16 numbers): for every site, the ratios distance / nearest
-  distance of its neighbours within 8 A, smeared with Gaussians (width 0.05) centred at 1.0, 1.1,
-  ..., 2.5 and divided by 12; averaged over sites. Like CrystalNN order parameters it is
-  scale-free and describes local coordination, but it is a different vector. Between two halves
-  of perov_5/val (200 crystals each) the median nearest-neighbour distance is 0.05 and 73 % of one
-  half lie within 0.2 of the other; 87 % lie within 4 in composition distance.
-- Composition (`composition_fingerprint`, 48 numbers): Magpie-style statistics (minimum, maximum,
-  range, fraction-weighted mean, mean absolute deviation, property of the most abundant element) of
-  eight pymatgen element properties (Z, row, group, Pauling electronegativity, atomic mass,
-  atomic radius, Mendeleev number, molar volume), standardised with the reference set's mean and
-  std (CD-VAE standardises its 132 Magpie features with fixed training-set constants); NaN -> 0.
+- a crystal is valid when structurally valid, compositionally valid and fingerprintable; the three
+  rates are over *all* generated crystals (a None, i.e. a failed decode, is invalid in all three;
+  CD-VAE can still judge the composition of a crystal whose lattice failed, we cannot);
+- ``n_valid_sample`` valid crystals (CD-VAE: 1,000) are drawn at random (seeded here; CD-VAE used
+  numpy's global state). CD-VAE aborts when fewer are valid; we use all valid ones and report
+  ``n_eval`` (with a warning);
+- EMDs (``scipy.stats.wasserstein_distance``) of density, number of elements and, with a
+  predictor, the property: the drawn valid crystals against *all* reference crystals;
+- diversity: mean pairwise fingerprint distance of the drawn crystals (composition standardised);
+- COV-R / COV-P: as CD-VAE's ``get_coverage``, over *all* generated crystals that have a
+  fingerprint (valid or not), COV-P's denominator being all generated crystals. The same coverage
+  over the valid crystals only is reported as ``cov_recall_valid`` / ``cov_precision_valid``.
 
-CD-VAE's thresholds for Perov-5 (``struct_cutoff = 0.2``, ``comp_cutoff = 4``) are the defaults, but
-with these fingerprints COV values are *not* comparable with the CD-VAE paper's numbers.
+`optimization_success_rates` follows ``OptEval``: SR_p is the fraction of optimisation runs whose
+best property (minimised; among valid decoded crystals; a run without one fails) is at or below the
+p-th percentile of the training property. CD-VAE hard-codes the percentiles of its training sets,
+kept here as `CDVAE_SR_THRESHOLDS`.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Sequence
-from functools import lru_cache
+import logging
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-#: CD-VAE's Perov-5 coverage thresholds (structure, composition).
-PEROV5_CUTOFFS: tuple[float, float] = (0.2, 4.0)
-#: Neighbour search radius of the structure fingerprint (call it on valid crystals only). Units: A.
-NEIGHBOUR_RADIUS_A = 8.0
-_SHELL_CENTRES = np.linspace(1.0, 2.5, 16)
-_SHELL_WIDTH = 0.05
-_COMP_PROPERTIES = ("Z", "row", "group", "X", "atomic_mass", "atomic_radius", "mendeleev_no", "molar_volume")
+from discovery.metrics.coverage import COV_CUTOFFS, coverage, coverage_from_fingerprints, cutoffs_for
+from discovery.metrics.fingerprints import (
+    FingerprintCache,
+    Fingerprints,
+    composition_fingerprint,
+    fingerprints,
+    standardise_composition,
+    structure_fingerprint,
+)
+from discovery.metrics.reconstruction import CDVAE_MATCHER, cdvae_matcher, reconstruction_metrics
+from discovery.metrics.validity import (
+    compositionally_valid,
+    crystal_from_arrays,
+    smact_valid,
+    structurally_valid,
+)
+
+__all__ = [
+    "CDVAE_MATCHER", "CDVAE_SR_THRESHOLDS", "COV_CUTOFFS", "FingerprintCache", "Fingerprints", "best_of_runs",
+    "cdvae_matcher", "composition_fingerprint", "compositionally_valid", "coverage", "coverage_from_fingerprints",
+    "crystal_from_arrays", "cutoffs_for", "fingerprints", "generation_metrics", "optimization_success_rates",
+    "property_emds", "reconstruction_metrics", "smact_valid", "standardise_composition", "structurally_valid",
+    "structure_fingerprint",
+]
+
+log = logging.getLogger(__name__)
+
+#: CD-VAE's hard-coded 5th / 10th / 15th percentiles of the training property (``Percentiles`` in
+#: compute_metrics.py): formation energy per atom (mp_20, eV/atom), energy per atom (carbon_24,
+#: eV/atom), heat_ref (perov_5, eV/atom).
+CDVAE_SR_THRESHOLDS: dict[str, tuple[float, float, float]] = {
+    "mp_20": (-3.17562208, -2.82196882, -2.52814761),
+    "carbon_24": (-154.527093, -154.45865733, -154.44206825),
+    "perov_5": (0.43924842, 0.61202443, 0.7364607),
+}
+
+#: A property predictor: structures -> one value per structure.
+PropertyFn = Callable[[list], Sequence[float]]
 
 
-def structurally_valid(structure, min_distance_a: float = 0.5, min_volume_a3: float = 0.1) -> bool:
-    """CD-VAE's structural validity (see the module docstring). Units: A, A^3."""
-    if structure is None or len(structure) == 0:
-        return False
-    try:
-        volume = float(structure.volume)
-        if not math.isfinite(volume) or volume < min_volume_a3:
-            return False
-        if len(structure) == 1:
-            return True
-        dist = np.array(structure.distance_matrix, dtype=np.float64)
-    except Exception:  # degenerate lattices make pymatgen raise
-        return False
-    np.fill_diagonal(dist, np.inf)
-    return bool(np.all(np.isfinite(dist.min(axis=1))) and dist.min() >= min_distance_a)
+def _n_elements(structure) -> int:
+    return len(structure.composition.elements)
 
 
-def compositionally_valid(structure) -> bool:
-    """SMACT validity as in CD-VAE (`discovery.structures.composition_problem` is None)."""
-    from discovery.structures import composition_problem
-
-    return structure is not None and len(structure) > 0 and composition_problem(structure) is None
-
-
-@lru_cache(maxsize=128)
-def _element_properties(symbol: str) -> np.ndarray:
-    from pymatgen.core.periodic_table import Element
-
-    el = Element(symbol)
-    values = []
-    for name in _COMP_PROPERTIES:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                if name == "molar_volume":
-                    v = el.data.get("Molar volume")
-                    v = float(str(v).split()[0]) if v is not None else math.nan
-                else:
-                    v = float(getattr(el, name))
-            except (TypeError, ValueError, AttributeError, KeyError):
-                v = math.nan
-        values.append(v)
-    return np.asarray(values, dtype=np.float64)
-
-
-def composition_fingerprint(structure) -> np.ndarray:
-    """Magpie-style statistics of element properties (unstandardised). Shapes: (48,)."""
-    comp = structure.composition.element_composition.fractional_composition
-    symbols = [el.symbol for el in comp.elements]
-    frac = np.array([comp[s] for s in symbols], dtype=np.float64)
-    props = np.stack([_element_properties(s) for s in symbols])  # (n_el, 8)
-    mean = frac @ props
-    out = np.concatenate([props.min(axis=0), props.max(axis=0), props.max(axis=0) - props.min(axis=0), mean,
-                          frac @ np.abs(props - mean), props[int(np.argmax(frac))]])
-    return out
-
-
-def structure_fingerprint(structure) -> np.ndarray:
-    """Site-averaged, smeared histogram of neighbour distance / nearest distance (module docstring).
-
-    Neighbours are searched within `NEIGHBOUR_RADIUS_A`; shells beyond it are empty.
-
-    Shapes: (16,). A structure whose neighbour search fails gives NaNs.
-    """
-    n = len(structure)
-    hist = np.zeros(len(_SHELL_CENTRES))
-    try:
-        centres, _, _, dists = structure.get_neighbor_list(NEIGHBOUR_RADIUS_A, exclude_self=True)
-    except Exception:  # degenerate cells
-        return np.full(len(hist), np.nan)
-    for i in range(n):
-        d = dists[centres == i]
-        d = d[d > 1e-8]
-        if d.size == 0:
-            continue
-        ratio = d / d.min()
-        smeared = np.exp(-((ratio[:, None] - _SHELL_CENTRES[None, :]) ** 2) / (2 * _SHELL_WIDTH**2))
-        hist += smeared.sum(axis=0) / 12.0
-    return hist / max(n, 1)
-
-
-def _standardise(fps: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    out = (fps - mean) / np.where(std > 1e-12, std, 1.0)
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def coverage(generated: Sequence, valid: Sequence[bool], reference: Sequence,
-             struct_cutoff: float = PEROV5_CUTOFFS[0], comp_cutoff: float = PEROV5_CUTOFFS[1]) -> dict[str, float]:
-    """COV-R and COV-P (CD-VAE's definitions, our fingerprints; see the module docstring).
+def property_emds(generated: Sequence, reference: Sequence,
+                  property_fn: PropertyFn | None = None) -> dict[str, float | None]:
+    """Wasserstein-1 distances between generated and reference crystals (CD-VAE's EMDs).
 
     Args:
-        generated: generated structures (None allowed for failed decodes).
-        valid: per generated structure, whether it is valid (structure and composition).
-        reference: reference crystals (the held-out set).
-        struct_cutoff, comp_cutoff: the distance thresholds.
+        generated: the generated crystals to compare (CD-VAE: 1,000 valid ones); None entries are skipped.
+        reference: the reference crystals (CD-VAE: the test set).
+        property_fn: optional predictor called once on each list of structures.
 
     Returns:
-        ``cov_recall`` and ``cov_precision`` in [0, 1].
+        ``emd_density`` (g/cm^3), ``emd_n_elements`` (number of distinct elements) and
+        ``emd_property`` (the predictor's unit; None without a predictor); None when a side is empty.
     """
-    from scipy.spatial.distance import cdist
-
-    reference = list(reference)
-    ref_comp = np.stack([composition_fingerprint(s) for s in reference])
-    ref_struc = np.nan_to_num(np.stack([structure_fingerprint(s) for s in reference]))
-    mean, std = np.nanmean(ref_comp, axis=0), np.nanstd(ref_comp, axis=0)
-    ref_comp = _standardise(ref_comp, mean, std)
-    gen = [s for s, ok in zip(generated, valid, strict=True) if ok]
-    n_all = len(valid)
-    if not gen or not reference:
-        return {"cov_recall": 0.0, "cov_precision": 0.0}
-    gen_comp = _standardise(np.stack([composition_fingerprint(s) for s in gen]), mean, std)
-    gen_struc = np.nan_to_num(np.stack([structure_fingerprint(s) for s in gen]))
-    struc = cdist(gen_struc, ref_struc)
-    comp = cdist(gen_comp, ref_comp)
-    recall = np.logical_and(struc.min(axis=0) <= struct_cutoff, comp.min(axis=0) <= comp_cutoff)
-    precision = np.logical_and(struc.min(axis=1) <= struct_cutoff, comp.min(axis=1) <= comp_cutoff)
-    return {"cov_recall": float(recall.mean()), "cov_precision": float(precision.sum() / max(n_all, 1))}
-
-
-def property_emds(generated: Sequence, reference: Sequence) -> dict[str, float]:
-    """Wasserstein-1 distance of density (g/cm^3) and of the number of elements, generated vs reference."""
     from scipy.stats import wasserstein_distance
 
     gen = [s for s in generated if s is not None]
-    if not gen or not reference:
-        return {"emd_density": math.nan, "emd_n_elements": math.nan}
-    return {
-        "emd_density": float(wasserstein_distance([float(s.density) for s in gen],
-                                                  [float(s.density) for s in reference])),
-        "emd_n_elements": float(wasserstein_distance([len(s.composition.elements) for s in gen],
-                                                     [len(s.composition.elements) for s in reference])),
+    ref = [s for s in reference if s is not None]
+    if not gen or not ref:
+        return {"emd_density": None, "emd_n_elements": None, "emd_property": None}
+    out: dict[str, float | None] = {
+        "emd_density": float(wasserstein_distance([float(s.density) for s in gen], [float(s.density) for s in ref])),
+        "emd_n_elements": float(wasserstein_distance([_n_elements(s) for s in gen], [_n_elements(s) for s in ref])),
+        "emd_property": None,
     }
+    if property_fn is not None:
+        gen_p = np.asarray(property_fn(gen), dtype=float).reshape(-1)
+        ref_p = np.asarray(property_fn(ref), dtype=float).reshape(-1)
+        gen_p, ref_p = gen_p[np.isfinite(gen_p)], ref_p[np.isfinite(ref_p)]
+        if gen_p.size and ref_p.size:
+            out["emd_property"] = float(wasserstein_distance(gen_p, ref_p))
+    return out
 
 
-def generation_metrics(generated: Sequence, reference: Sequence,
-                       cutoffs: tuple[float, float] = PEROV5_CUTOFFS) -> dict[str, float]:
-    """Validity rates over all samples, and coverage and EMDs of the valid ones (CD-VAE's protocol).
+def _mean_pdist(x: np.ndarray) -> float | None:
+    from scipy.spatial.distance import pdist
+
+    return float(pdist(x).mean()) if len(x) > 1 else None
+
+
+def generation_metrics(generated: Sequence, reference: Sequence, dataset: str = "perov_5",
+                       n_valid_sample: int = 1000, seed: int = 0, property_fn: PropertyFn | None = None,
+                       cutoffs: tuple[float, float] | None = None, n_jobs: int = 1,
+                       cache: FingerprintCache | None = None) -> dict[str, float | int | str | None]:
+    """CD-VAE's generation metrics (``GenEval``; module docstring).
 
     Args:
-        generated: generated structures, None where decoding failed (counted invalid).
-        reference: the reference (held-out) crystals.
-        cutoffs: (structure, composition) coverage thresholds.
+        generated: generated pymatgen Structures, None where decoding failed (CD-VAE: 10,000).
+        reference: the reference crystals (CD-VAE: the test set).
+        dataset: "perov_5", "carbon_24" or "mp_20": CD-VAE's coverage thresholds.
+        n_valid_sample: valid crystals drawn for the EMDs and diversity (CD-VAE: 1,000).
+        seed: seed of that draw.
+        property_fn: optional property predictor for ``emd_property``.
+        cutoffs: explicit (structure, composition) coverage thresholds instead of ``dataset``'s.
+        n_jobs: worker processes for CrystalNN.
+        cache: fingerprint cache (default: the process-wide one).
 
     Returns:
-        ``n``, ``struct_validity``, ``comp_validity``, ``validity`` (both), ``cov_recall``,
-        ``cov_precision``, ``emd_density``, ``emd_n_elements``.
+        ``n``, ``n_valid``, ``struct_validity``, ``comp_validity``, ``validity`` (fractions of all
+        ``n``), ``n_eval`` (crystals drawn), ``cov_recall``, ``cov_precision``, ``amsd_*``, ``amcd_*``,
+        ``n_reference``, ``cov_recall_valid``, ``cov_precision_valid``, ``emd_density``,
+        ``emd_n_elements``, ``emd_property``, ``struct_div``, ``comp_div``, ``dataset``,
+        ``struct_cutoff``, ``comp_cutoff``.
     """
-    generated = list(generated)
-    reference = list(reference)
+    struct_cutoff, comp_cutoff = cutoffs if cutoffs is not None else cutoffs_for(dataset)
+    generated, reference = list(generated), list(reference)
+    n = len(generated)
     struct_ok = np.array([structurally_valid(s) for s in generated], dtype=bool)
-    comp_ok = np.array([s is not None and compositionally_valid(s) for s in generated], dtype=bool)
-    both = struct_ok & comp_ok
-    n = max(len(generated), 1)
-    out = {"n": len(generated), "struct_validity": float(struct_ok.sum() / n),
-           "comp_validity": float(comp_ok.sum() / n), "validity": float(both.sum() / n)}
-    out.update(coverage(generated, both, reference, *cutoffs))
-    out.update(property_emds([s for s, ok in zip(generated, both, strict=True) if ok], reference))
+    comp_ok = np.array([compositionally_valid(s) for s in generated], dtype=bool)
+    gen_fp = fingerprints(generated, n_jobs=n_jobs, cache=cache)
+    valid = struct_ok & comp_ok & gen_fp.ok
+    ref_fp = fingerprints(reference, n_jobs=n_jobs, cache=cache)
+
+    valid_idx = np.flatnonzero(valid)
+    if len(valid_idx) > n_valid_sample:
+        rng = np.random.default_rng(np.random.SeedSequence(seed))
+        pick = np.sort(rng.choice(valid_idx, size=n_valid_sample, replace=False))
+    else:
+        pick = valid_idx
+        if len(valid_idx) < n_valid_sample:
+            log.warning("only %d of %d generated crystals are valid (CD-VAE draws %d and would stop); "
+                        "EMDs and diversity use all valid ones", len(valid_idx), n, n_valid_sample)
+    denom = max(n, 1)
+    out: dict[str, float | int | str | None] = {
+        "n": n, "n_valid": int(valid.sum()), "struct_validity": float(struct_ok.sum() / denom),
+        "comp_validity": float(comp_ok.sum() / denom), "validity": float(valid.sum() / denom),
+        "n_eval": int(len(pick)),
+    }
+    cov = coverage_from_fingerprints(gen_fp, ref_fp, struct_cutoff, comp_cutoff, n_generated=n)
+    out.update({k: v for k, v in cov.items() if k not in ("n_generated", "n_fingerprinted")})
+    cov_valid = coverage_from_fingerprints(gen_fp.select(valid), ref_fp, struct_cutoff, comp_cutoff, n_generated=n)
+    out["cov_recall_valid"] = cov_valid["cov_recall"]
+    out["cov_precision_valid"] = cov_valid["cov_precision"]
+    out.update(property_emds([generated[i] for i in pick], reference, property_fn))
+    sample = gen_fp.select(pick)
+    out["struct_div"] = _mean_pdist(sample.struct)
+    out["comp_div"] = _mean_pdist(sample.comp)
+    out.update(dataset=dataset, struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff)
     return out
+
+
+def best_of_runs(values: Sequence[float], valid: Sequence[bool], n_runs: int) -> np.ndarray:
+    """Best (lowest) valid property per optimisation run, in CD-VAE's ``OptEval`` layout.
+
+    CD-VAE stores ``n_steps`` decoded checkpoints of ``n_runs`` runs step-major: item
+    ``step * n_runs + run``. A run without a valid crystal gets +inf (it fails every SR).
+
+    Shapes: values, valid (n_steps * n_runs,) -> (n_runs,).
+    """
+    values = np.asarray(values, dtype=float).reshape(-1)
+    valid = np.asarray(valid, dtype=bool).reshape(-1)
+    if values.shape != valid.shape or len(values) % n_runs:
+        raise ValueError(f"best_of_runs: {len(values)} values / {len(valid)} flags do not split into {n_runs} runs")
+    props = np.where(valid & np.isfinite(values), values, np.inf).reshape(-1, n_runs)
+    return props.min(axis=0)
+
+
+def optimization_success_rates(best_values: Sequence[float | None], train_values: Sequence[float] | None = None,
+                               percentiles: Sequence[float] = (5, 10, 15),
+                               thresholds: Sequence[float] | None = None) -> dict[str, float]:
+    """CD-VAE's SR5 / SR10 / SR15: share of runs whose best property is <= a training percentile.
+
+    Args:
+        best_values: the best (lowest) property of each optimisation run; None, NaN or +inf for a
+            run without a valid crystal (a failure).
+        train_values: training-set property values whose percentiles are the thresholds.
+        percentiles: which percentiles (CD-VAE: 5, 10, 15); they name the keys.
+        thresholds: the threshold values themselves instead of ``train_values`` (e.g.
+            ``CDVAE_SR_THRESHOLDS["perov_5"]``), one per percentile.
+
+    Returns:
+        ``{"SR5": ..., "SR10": ..., "SR15": ...}``, fractions in [0, 1] (0 without runs).
+    """
+    if thresholds is None:
+        if train_values is None:
+            raise ValueError("optimization_success_rates needs train_values or thresholds")
+        train = np.asarray(train_values, dtype=float)
+        thresholds = np.percentile(train[np.isfinite(train)], list(percentiles))
+    thresholds = np.asarray(thresholds, dtype=float).reshape(-1)
+    if len(thresholds) != len(percentiles):
+        raise ValueError(f"{len(thresholds)} thresholds for {len(percentiles)} percentiles")
+    best = np.array([np.inf if v is None else float(v) for v in best_values], dtype=float)
+    best = np.where(np.isnan(best), np.inf, best)
+    return {f"SR{p:g}": float((best <= t).mean()) if best.size else 0.0
+            for p, t in zip(percentiles, thresholds, strict=True)}

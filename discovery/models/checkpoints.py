@@ -78,3 +78,86 @@ def check_config(path: str | Path, stored: Mapping[str, Any], expected: Mapping[
         detail = "; ".join(f"{k}: file has {stored.get(k, MISSING)!r}, expected {expected.get(k, MISSING)!r}"
                            for k in diff)
         raise DataError(f"{path}: checkpoint config does not match ({detail})")
+
+
+# ----------------------------------------------------------------------------- whole modules
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Check that ``value`` loads under ``weights_only=True``; tuples become lists."""
+    import torch
+
+    if value is None or isinstance(value, bool | int | float | str | torch.Tensor):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str | int):
+                raise TypeError(f"{where}: key {k!r} is not a str or int")
+            out[k] = _plain(v, f"{where}.{k}")
+        return out
+    raise TypeError(f"{where}: {type(value).__name__} cannot be stored in a weights-only checkpoint")
+
+
+def normalise_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A constructor-argument mapping as a checkpoint stores it (plain JSON values)."""
+    import json
+
+    return json.loads(json.dumps(_plain(dict(config), "config")))
+
+
+def save_module(path: str | Path, fmt: str, version: int, kind: str, config: Mapping[str, Any],
+                state_dict: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> Path:
+    """Write one torch module as a checkpoint: its constructor arguments (``config``), its weights
+    (copied to the CPU) and JSON-like ``extra`` (history, metrics), atomically.
+
+    Raises:
+        TypeError: ``config`` or ``extra`` holds a value a weights-only load would refuse.
+    """
+    payload = {
+        "format": fmt,
+        "kind": kind,
+        "version": version,
+        "config": normalise_config(config),
+        "state": {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()},
+        "extra": _plain(dict(extra or {}), "extra"),
+    }
+    return write_checkpoint(path, payload)
+
+
+def load_module(path: str | Path, fmt: str, version: int, kind: str, module_cls: type,
+                expected_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Read a checkpoint written by `save_module` and rebuild its module.
+
+    The stored constructor arguments must equal ``expected_config`` key by key (tuples and lists
+    compare equal); the module is rebuilt as ``module_cls(**config)``, loaded strictly, on the CPU
+    in eval mode.
+
+    Returns:
+        The payload (``format``, ``kind``, ``version``, ``config``, ``state``, ``extra``) plus
+        ``model``, the rebuilt module.
+
+    Raises:
+        DataError: one line naming the file when it is missing, unreadable or damaged, of another
+            format, kind or version, written for another configuration, or when its weights do not
+            fit the module.
+    """
+    import torch
+
+    payload = read_checkpoint(path, fmt, version, kind)
+    mine = normalise_config(expected_config)
+    check_config(path, payload["config"], mine)
+    state = payload.get("state")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"{path}: checkpoint has no state dict of tensors")
+    try:
+        model = module_cls(**mine)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: weights do not fit a {kind} of this configuration ({first_line(exc)})"
+                        ) from exc
+    model.eval()
+    payload["model"] = model
+    return payload

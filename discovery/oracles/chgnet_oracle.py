@@ -14,10 +14,27 @@ import logging
 import time
 import traceback
 
-from discovery.config import MLIPConfig
+from typing import Literal
+
+from pydantic import Field
+
+from discovery.configbase import Strict
+from discovery.kinds import BuildContext, Kind
 from discovery.records import Candidate, Evaluation, Failure, Fidelity, Provenance
 
 log = logging.getLogger(__name__)
+
+
+
+class MLIPConfig(Strict):
+    """CHGNet pre-relaxation and screening against CHGNet's own hull."""
+
+    enabled: bool = True
+    model: Literal["chgnet"] = "chgnet"
+    fmax_ev_per_a: float = Field(0.05, gt=0)
+    max_steps: int = Field(300, ge=1)
+    top_k: int = Field(16, ge=1, description="candidates per round relaxed by the MLIP")
+    max_e_above_hull_ev: float = Field(0.2, description="screen: drop candidates above this MLIP e_hull")
 
 
 class CHGNetOracle:
@@ -98,3 +115,11 @@ class CHGNetOracle:
 
     def evaluate_many(self, candidates: list[Candidate]) -> list[Evaluation]:
         return [self.evaluate(c) for c in candidates]
+
+
+def build(config: MLIPConfig, context: BuildContext) -> CHGNetOracle:
+    return CHGNetOracle(config)
+
+
+KIND = Kind(role="mlip", name="chgnet", config=MLIPConfig, factory="discovery.oracles.chgnet_oracle:build",
+            fidelity="mlip", summary="CHGNet 0.4 (weights in its wheel): relaxation and energies, the cheap fidelity")

@@ -6,17 +6,19 @@ that machinery (timeouts, resume, concurrency) run in well under a second per ca
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import time
 from functools import cached_property
-from pathlib import Path
+from typing import Any
 
-from discovery.config import EMTConfig
+from typing import Literal
+
+from pydantic import Field
+
+from discovery.configbase import Strict
+from discovery.kinds import BuildContext, Kind
 from discovery.oracles.emt_worker import EMT_ELEMENTS
-from discovery.oracles.gpaw_oracle import evaluation_from_result
-from discovery.records import Candidate, Evaluation, Failure, Fidelity
+from discovery.oracles.subprocess_oracle import SubprocessOracle
+from discovery.records import Candidate, Failure, Fidelity
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,20 @@ WORKER_MODULE = "discovery.oracles.emt_worker"
 RECIPE_VERSION = 1
 
 
-class EMTOracle:
+
+class EMTConfig(Strict):
+    """ASE's EMT potential as a stand-in for DFT, for tests that say so in their name."""
+
+    kind: Literal["emt"] = "emt"
+    relax: bool = True
+    fmax_ev_per_a: float = 0.05
+    max_steps: int = 40
+    timeout_s: float = 120.0
+    memory_gb: float = 2.0
+    delay_s: float = Field(0.0, ge=0, description="extra sleep, to emulate a slow calculation")
+
+
+class EMTOracle(SubprocessOracle):
     """Effective-medium-theory energies (Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O), in a subprocess.
 
     Args:
@@ -34,28 +49,17 @@ class EMTOracle:
 
     name = "emt"
     fidelity = Fidelity.EMT
-
-    def __init__(self, config: EMTConfig, workdir: Path):
-        self.config = config
-        self.workdir = Path(workdir)
+    code = "ase-emt"
+    code_version_key = "ase"
+    worker_module = WORKER_MODULE
+    recipe_version = RECIPE_VERSION
+    numeric_settings = ("relax", "fmax_ev_per_a", "max_steps")  # not timeout, memory or delay
 
     @cached_property
-    def ase_version(self) -> str:
+    def versions(self) -> dict[str, str]:
         from importlib.metadata import version
 
-        return version("ase")
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """Short sha256 of the settings that change the numbers (not timeout, memory or delay)."""
-        settings = self.config.model_dump(mode="json", include={"relax", "fmax_ev_per_a", "max_steps"})
-        blob = json.dumps({"recipe": RECIPE_VERSION, "settings": settings, "ase": self.ase_version},
-                          sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def work_folder(self, candidate_id: str) -> Path:
-        """The folder of one candidate's calculation."""
-        return self.workdir / self.fingerprint / candidate_id
+        return {"ase": version("ase")}
 
     def precheck(self, candidate: Candidate) -> Failure | None:
         """``UnsupportedElement`` for elements without EMT parameters, else None."""
@@ -68,26 +72,18 @@ class EMTOracle:
                            message=f"EMT has no parameters for {unsupported}")
         return None
 
-    def evaluate(self, candidate: Candidate) -> Evaluation:
-        """Relax (optionally) and evaluate one candidate; never raises for a failed calculation.
+    def payload(self, candidate: Candidate) -> dict[str, Any]:
+        """The worker's ``input.json``; tests emulate calculations of unequal length with
+        ``conditions["delay_s"]``."""
+        payload = super().payload(candidate)
+        if "delay_s" in candidate.conditions:
+            payload["settings"]["delay_s"] = float(candidate.conditions["delay_s"])
+        return payload
 
-        Units:
-            energy_per_atom in eV/atom.
-        """
-        t0 = time.perf_counter()
-        common = dict(oracle=self.name, fidelity=self.fidelity, fingerprint=self.fingerprint,
-                      code="ase-emt", code_version=self.ase_version)
-        failure = self.precheck(candidate)
-        if failure is not None:
-            result = {"status": "failed", **failure.model_dump(), "wall_s": time.perf_counter() - t0}
-            return evaluation_from_result(candidate, result, extra={"stage": "precheck"}, **common)
-        from discovery.oracles.subprocess_runner import run_in_subprocess
 
-        folder = self.work_folder(candidate.id)
-        settings = self.config.model_dump(mode="json")
-        if "delay_s" in candidate.conditions:  # tests emulate calculations of unequal length
-            settings["delay_s"] = float(candidate.conditions["delay_s"])
-        payload = {"candidate_id": candidate.id, "structure": candidate.structure, "settings": settings}
-        result = run_in_subprocess(folder, WORKER_MODULE, payload, timeout_s=self.config.timeout_s,
-                                   memory_gb=self.config.memory_gb, threads=1)
-        return evaluation_from_result(candidate, result, extra={"work_folder": str(folder)}, **common)
+def build(config: EMTConfig, context: BuildContext) -> EMTOracle:
+    return EMTOracle(config, context.workdir)
+
+
+KIND = Kind(role="dft", name="emt", config=EMTConfig, factory="discovery.oracles.emt_oracle:build", fidelity="emt",
+            summary="ASE's EMT potential standing in for DFT (tests that say so)")

@@ -9,17 +9,18 @@ come back as ``Evaluation(status="failed")``, never as exceptions.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import time
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from discovery.config import GPAWConfig
-from discovery.records import Candidate, Evaluation, Failure, Fidelity, Provenance
+from pydantic import Field
+
+from discovery.configbase import Strict
+from discovery.kinds import BuildContext, Kind
+from discovery.oracles.subprocess_oracle import SubprocessOracle
+from discovery.records import Candidate, Failure, Fidelity
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ MIN_DISTANCE_A = 0.7
 MIN_DISTANCE_COVALENT_FRACTION = 0.5
 BOHR_PER_A = 1.0 / 0.529177210903
 HARTREE_EV = 27.211386245988
-RETRYABLE = frozenset({"Timeout", "MemoryLimit", "WorkerCrashed"})
-PROPERTY_KEYS = ("energy_ev", "initial_energy_per_atom", "max_stress_gpa", "initial_max_stress_gpa",
-                 "max_force_ev_per_a", "magmom", "n_steps", "n_scf_retries", "volume_change",
-                 "relax_converged", "cutoff_ev", "smearing_ev")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -75,66 +72,37 @@ def plane_wave_count(volume_a3: float, cutoff_ev: float, gamma_only: bool = Fals
     return n / 2.0 if gamma_only else n
 
 
-def min_distance_violation(structure) -> tuple[float, float, str] | None:
-    """The closest pair that is nearer than max(0.7 A, 0.5 x sum of covalent radii), or None.
 
-    Periodic images count, including an atom's own image (the shortest lattice vector).
+class GPAWConfig(Strict):
+    """GPAW plane-wave PBE relaxation (FrechetCellFilter + BFGS), one calculation per subprocess.
 
-    Returns:
-        ``(distance, threshold, "A-B")`` in A for the worst pair, or None.
+    Units: energies eV, lengths A, k-point density in 1/A (ASE convention), times s.
     """
-    import numpy as np
-    from ase.data import covalent_radii
 
-    z = [site.specie.Z for site in structure]
-    radii = np.array([covalent_radii[n] for n in z])
-    pair_radii = radii[:, None] + radii[None, :]
-    thresholds = np.maximum(MIN_DISTANCE_A, MIN_DISTANCE_COVALENT_FRACTION * pair_radii)
-    dist = np.array(structure.distance_matrix, dtype=float)
-    shortest_vector = min(structure.lattice.get_lll_reduced_lattice().abc)
-    np.fill_diagonal(dist, shortest_vector)
-    ratio = dist / thresholds
-    i, j = np.unravel_index(np.argmin(ratio), ratio.shape)
-    if ratio[i, j] >= 1.0:
-        return None
-    pair = f"{structure[int(i)].specie.symbol}-{structure[int(j)].specie.symbol}"
-    return float(dist[i, j]), float(thresholds[i, j]), pair
-
-
-def evaluation_from_result(candidate: Candidate, result: dict[str, Any], *, oracle: str,
-                           fidelity: Fidelity, fingerprint: str, code: str, code_version: str,
-                           extra: dict[str, Any] | None = None) -> Evaluation:
-    """Turn a worker result dict (`subprocess_runner`) into an `Evaluation` record.
-
-    Units:
-        energy_per_atom in eV/atom; properties keep the worker's units (eV, GPa, eV/A, mu_B).
-    """
-    ok = result.get("status") == "ok"
-    properties = {k: float(result[k]) for k in PROPERTY_KEYS
-                  if isinstance(result.get(k), int | float) and math.isfinite(float(result[k]))}
-    failure = None
-    if not ok:
-        error_class = result.get("error_class", "WorkerError")
-        failure = Failure(error_class=error_class, message=result.get("message", ""),
-                          traceback=result.get("traceback", ""),
-                          retryable=bool(result.get("retryable", error_class in RETRYABLE)))
-    provenance = Provenance(code=code, code_version=code_version, settings_fingerprint=fingerprint,
-                            wall_s=float(result.get("wall_s", 0.0)), cpu_s=float(result.get("cpu_s", 0.0)),
-                            **{k: result[k] for k in ("host", "started_at") if k in result})
-    info = {k: result[k] for k in ("timings", "kpts", "initial_magmoms", "spin_polarized",
-                                   "setups_version", "reused") if k in result}
-    return Evaluation(candidate_id=candidate.id, fidelity=fidelity, oracle=oracle,
-                      oracle_fingerprint=fingerprint, status="ok" if ok else "failed",
-                      energy_per_atom=float(result["energy_per_atom"]) if ok else None,
-                      relaxed_structure=result.get("structure") if ok else None,
-                      properties=properties, failure=failure, provenance=provenance,
-                      extra={**info, **(extra or {})})
+    kind: Literal["gpaw"] = "gpaw"
+    xc: Literal["PBE", "LDA"] = "PBE"  # gpaw-data ships PBE and LDA setups only
+    cutoff_ev: float = Field(600.0, ge=200)
+    cutoff_ev_o_f: float = Field(800.0, ge=200, description="used when O or F is present (DFT.md)")
+    kpt_density: float = Field(2.0, gt=0)
+    kpt_density_metals: float = Field(4.0, gt=0, description="elemental metal references")
+    smearing_ev: float = Field(0.05, gt=0)
+    smearing_ev_molecules: float = Field(0.01, gt=0)
+    relax: bool = True
+    fmax_ev_per_a: float = Field(0.05, gt=0)
+    max_steps: int = Field(40, ge=0)
+    max_stress_gpa: float = Field(0.5, gt=0, description="post-check on residual stress")
+    maxiter: int = Field(200, ge=5)
+    spin: Literal["auto", "on", "off"] = "auto"
+    timeout_s: float = Field(900.0, gt=0)
+    memory_gb: float = Field(4.0, gt=0)
+    max_volume_per_atom_a3: float = Field(150.0, gt=0, description="Cs metal has 117 A^3/atom")
+    max_plane_waves: int = Field(60000, ge=100)
 
 
 # ----------------------------------------------------------------------------- the oracle
 
 
-class GPAWOracle:
+class GPAWOracle(SubprocessOracle):
     """Plane-wave PBE energies and relaxations with GPAW, one subprocess per candidate.
 
     Candidates may carry ``conditions["calc"]``: ``"molecule"`` (Gamma point, molecule smearing,
@@ -148,10 +116,11 @@ class GPAWOracle:
 
     name = "gpaw"
     fidelity = Fidelity.DFT
-
-    def __init__(self, config: GPAWConfig, workdir: Path):
-        self.config = config
-        self.workdir = Path(workdir)
+    code = "gpaw"
+    code_version_key = "gpaw_version"
+    worker_module = WORKER_MODULE
+    recipe_version = RECIPE_VERSION
+    numeric_settings = NUMERIC_SETTINGS
 
     @cached_property
     def versions(self) -> dict[str, str]:
@@ -159,18 +128,6 @@ class GPAWOracle:
         from discovery.oracles.gpaw_worker import code_versions
 
         return code_versions()
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """Short sha256 of every setting that changes the numbers, the recipe and code versions."""
-        settings = self.config.model_dump(mode="json", include=set(NUMERIC_SETTINGS))
-        blob = json.dumps({"recipe": RECIPE_VERSION, "settings": settings, **self.versions},
-                          sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def work_folder(self, candidate_id: str) -> Path:
-        """The folder of one candidate's calculation."""
-        return self.workdir / self.fingerprint / candidate_id
 
     def cutoff_for(self, symbols: set[str]) -> float:
         """Plane-wave cutoff for a composition. Units: eV."""
@@ -205,7 +162,9 @@ class GPAWOracle:
         volume = float(structure.volume)
         if not math.isfinite(volume) or volume < 1e-3:
             return Failure(error_class="DegenerateCell", message=f"cell volume {volume:.3g} A^3")
-        close = min_distance_violation(structure)
+        from discovery.structures import closest_pair
+
+        close = closest_pair(structure, MIN_DISTANCE_A, MIN_DISTANCE_COVALENT_FRACTION)
         if close is not None:
             d, limit, pair = close
             return Failure(error_class="AtomsTooClose",
@@ -225,33 +184,12 @@ class GPAWOracle:
 
     def payload(self, candidate: Candidate) -> dict[str, Any]:
         """The worker's ``input.json``."""
-        return {"candidate_id": candidate.id, "structure": candidate.structure,
-                "settings": self.config.model_dump(mode="json"),
-                "calc": candidate.conditions.get("calc")}
+        return {**super().payload(candidate), "calc": candidate.conditions.get("calc")}
 
-    def evaluate(self, candidate: Candidate) -> Evaluation:
-        """Relax and/or compute one candidate; never raises for a scientific failure.
 
-        Units:
-            energy_per_atom in eV/atom (relative to GPAW's atomic setup references).
-        """
-        t0 = time.perf_counter()
-        common = dict(oracle=self.name, fidelity=self.fidelity, fingerprint=self.fingerprint,
-                      code="gpaw", code_version=self.versions["gpaw_version"])
-        failure = self.precheck(candidate)
-        if failure is not None:
-            log.info("%s (%s): pre-check failed: %s: %s", candidate.id, candidate.formula,
-                     failure.error_class, failure.message)
-            result = {"status": "failed", **failure.model_dump(), "wall_s": time.perf_counter() - t0}
-            return evaluation_from_result(candidate, result, extra={"stage": "precheck"}, **common)
-        folder = self.work_folder(candidate.id)
-        from discovery.oracles.subprocess_runner import run_in_subprocess
+def build(config: GPAWConfig, context: BuildContext) -> GPAWOracle:
+    return GPAWOracle(config, context.workdir)
 
-        result = run_in_subprocess(folder, WORKER_MODULE, self.payload(candidate),
-                                   timeout_s=self.config.timeout_s, memory_gb=self.config.memory_gb,
-                                   threads=1)
-        evaluation = evaluation_from_result(candidate, result, extra={"work_folder": str(folder)}, **common)
-        log.info("%s (%s): %s%s", candidate.id, candidate.formula, evaluation.status,
-                 f" {evaluation.energy_per_atom:.4f} eV/atom" if evaluation.ok
-                 else f" {evaluation.failure.error_class}: {evaluation.failure.message}")
-        return evaluation
+
+KIND = Kind(role="dft", name="gpaw", config=GPAWConfig, factory="discovery.oracles.gpaw_oracle:build", fidelity="dft",
+            summary="GPAW plane-wave PBE relaxation, one subprocess and work folder per calculation")

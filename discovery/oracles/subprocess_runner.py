@@ -5,7 +5,7 @@ in a new session with one thread per math library, enforces a hard wall-time lim
 the child's whole process group, and returns the parsed ``result.json``.
 
 The child side (`worker_main`, called by every worker module) holds an exclusive
-``fcntl.flock`` on ``WORKDIR/lock`` for its whole life, caps its own address space
+file lock (``filelock``, an ``flock`` underneath) on ``WORKDIR/lock`` for its whole life, caps its own address space
 (``RLIMIT_AS``) before any heavy import, computes, writes ``result.json`` atomically
 (temporary file + ``os.replace``) and appends one line to ``WORKDIR/runs.jsonl``.
 
@@ -31,8 +31,6 @@ allocation either way.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -124,32 +122,25 @@ def failed_result(error_class: str, message: str, tb: str = "", **extra: Any) ->
 # ----------------------------------------------------------------------------- parent side
 
 
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
+#: The work-folder lock a worker process holds for its whole life (see `worker_main`).
+_WORKER_LOCK = None
 
 
 def _wait_for_lock(workdir: Path, deadline: float) -> bool:
     """Wait until nobody holds ``workdir/lock``. Returns False if ``deadline`` passed first."""
-    fd = os.open(Path(workdir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(Path(workdir) / LOCK)
     try:
-        announced = False
-        while not _try_lock(fd):
-            if not announced:
-                log.info("%s: another process is running this calculation; waiting", workdir)
-                announced = True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(_LOCK_POLL_S)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
-    finally:
-        os.close(fd)
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("%s: another process is running this calculation; waiting", workdir)
+        try:
+            lock.acquire(timeout=max(0.0, deadline - time.monotonic()), poll_interval=_LOCK_POLL_S)
+        except Timeout:
+            return False
+    lock.release()
+    return True
 
 
 def _log_tail(workdir: Path, offset: int, n_chars: int = 4000) -> str:
@@ -307,8 +298,11 @@ def worker_main(compute: Callable[[dict[str, Any], Path], dict[str, Any]],
     args = sys.argv[1:] if argv is None else argv
     workdir = Path(args[0]).resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    fd = os.open(workdir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # held until this process exits
+    from filelock import FileLock
+
+    global _WORKER_LOCK
+    _WORKER_LOCK = FileLock(workdir / LOCK)  # kept referenced: released only when this process exits
+    _WORKER_LOCK.acquire()
     if (workdir / RESULT).exists():
         log.info("%s already has a result; nothing to do", workdir)
         return 0

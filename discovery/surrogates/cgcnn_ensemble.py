@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
-from discovery.config import CGCNNEnsembleConfig
+from discovery.kinds import BuildContext
+from discovery.surrogates.cgcnn_config import CGCNNEnsembleConfig
 from discovery.errors import ConfigError, DataError, NotFittedError
 from discovery.featurize.graphs import ATOM_FEATURE_DIM, edge_feature_dim, structure_to_graph
 from discovery.models.cgcnn import CGCNN
@@ -410,3 +411,7 @@ class CGCNNEnsembleSurrogate:
             model.load_state_dict(best_state)
         model.eval()
         return model, epoch, best_mae
+
+
+def build(config: CGCNNEnsembleConfig, context: BuildContext) -> CGCNNEnsembleSurrogate:
+    return CGCNNEnsembleSurrogate(config, seed=context.seed, checkpoint_dir=context.workdir)

@@ -28,11 +28,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from discovery.config import ForestSurrogateConfig
+from pydantic import Field, field_validator
+
+from discovery.configbase import Strict
+from discovery.kinds import BuildContext, Kind
 from discovery.errors import NotFittedError
 from discovery.featurize.descriptors import DESCRIPTOR_DIM, DescriptorCache
 from discovery.records import Candidate, FitReport, Prediction
@@ -54,6 +57,33 @@ MIN_TRAIN_FOR_CALIBRATION = 5
 MIN_CALIBRATION_LABELS = 3
 #: Descriptor columns with a smaller spread are not standardised (divided by 1) in `embed`.
 _STD_EPS = 1e-12
+
+
+
+class ForestSurrogateConfig(Strict):
+    """A tree ensemble (scikit-learn) on hand-crafted crystal descriptors: fast to refit every batch.
+
+    ``calibration_fraction`` of the labels (when there are at least 10) is held back to fit the
+    variance scale of the tree spread; the forest is then refit on all labels (see
+    `discovery.surrogates.forest`).
+    """
+
+    kind: Literal["forest"] = "forest"
+    property: str = "formation_energy_per_atom"
+    algorithm: Literal["extra_trees", "random_forest"] = "extra_trees"
+    n_estimators: int = Field(200, ge=2)
+    min_samples_leaf: int = Field(1, ge=1)
+    max_features: float = Field(0.5, gt=0.0, le=1.0, description="fraction of descriptors per split")
+    recalibrate: bool = True
+    calibration_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    n_jobs: int = Field(1, ge=-1, description="scikit-learn threads; -1 uses every core")
+
+    @field_validator("n_jobs")
+    @classmethod
+    def _n_jobs(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("n_jobs must be a positive number of threads or -1 (every core)")
+        return v
 
 
 class ForestEnsembleSurrogate:
@@ -242,3 +272,14 @@ def _tree_predictions(forest: Any, x: np.ndarray) -> np.ndarray:
     """Every tree's prediction. Shapes: x (n, d) -> (n_trees, n)."""
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     return np.stack([tree.predict(x32, check_input=False) for tree in forest.estimators_]).astype(np.float64)
+
+
+def build(config: ForestSurrogateConfig, context: BuildContext) -> ForestEnsembleSurrogate:
+    """A forest; a replay benchmark rebuilds one per batch, so the pool's descriptors are cached in
+    ``context.shared`` and computed once per process."""
+    cache = context.shared.setdefault("descriptors", DescriptorCache())
+    return ForestEnsembleSurrogate(config, seed=context.seed, descriptor_cache=cache)
+
+
+KIND = Kind(role="surrogate", name="forest", config=ForestSurrogateConfig, factory="discovery.surrogates.forest:build",
+            summary="extra-trees / random forest on crystal descriptors, refit every batch, recalibrated spread")

@@ -72,21 +72,3 @@ class MlflowTracker:
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
-
-
-class NullTracker:
-    """Tracking switched off."""
-
-    run_id = None
-
-    def log_params(self, params: dict[str, Any]) -> None: ...
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-
-    def log_text(self, text: str, artifact_file: str) -> None: ...
-
-    def set_tag(self, key: str, value: str) -> None: ...
-
-    def close(self, status: str = "FINISHED") -> None: ...

@@ -4,11 +4,16 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from discovery.build import REGISTRY, ComponentSpec, build_component
-from discovery.config import (
-    CGCNNEnsembleConfig, EMTConfig, ForestSurrogateConfig, GPAWConfig, ICSG3DGeneratorConfig, MLIPConfig,
-    RandomSymmetricGeneratorConfig, SubstitutionGeneratorConfig,
-)
+from discovery import registry
+from discovery.build import ComponentSpec, build_component
+from discovery.surrogates.cgcnn_config import CGCNNEnsembleConfig
+from discovery.oracles.emt_oracle import EMTConfig
+from discovery.surrogates.forest import ForestSurrogateConfig
+from discovery.oracles.gpaw_oracle import GPAWConfig
+from discovery.generators.icsg3d import ICSG3DGeneratorConfig
+from discovery.oracles.chgnet_oracle import MLIPConfig
+from discovery.generators.random_symmetric import RandomSymmetricGeneratorConfig
+from discovery.generators.substitution import SubstitutionGeneratorConfig
 from discovery.protocols import Generator, Oracle, Surrogate
 from discovery.records import Candidate, Evaluation, FitReport, Prediction, Provenance, Selection
 from discovery.structures import make_candidate, structural_problem
@@ -27,7 +32,7 @@ CONFIGS = {
 
 
 def test_every_registered_component_has_a_contract_config():
-    registered = {(role, kind) for role, kinds in REGISTRY.items() for kind in kinds}
+    registered = {(role, kind) for role in ("generator", "surrogate", "mlip", "dft") for kind in registry.kinds(role)}
     assert registered == set(CONFIGS)
 
 
@@ -55,7 +60,7 @@ def icsg3d_checkpoint(tmp_path_factory):
     return folder / "model"
 
 
-@pytest.mark.parametrize("kind", sorted(REGISTRY["generator"]))
+@pytest.mark.parametrize("kind", sorted(registry.kinds("generator")))
 def test_generators_propose_valid_reproducible_candidates(kind, tmp_path, request):
     def build():
         s = spec("generator", kind, tmp_path)
@@ -81,7 +86,7 @@ def test_generators_propose_valid_reproducible_candidates(kind, tmp_path, reques
         assert {e.symbol for e in c.pmg.composition.elements} <= {"K", "Rb", "Mg", "Cl"}
 
 
-@pytest.mark.parametrize("kind", sorted(REGISTRY["surrogate"]))
+@pytest.mark.parametrize("kind", sorted(registry.kinds("surrogate")))
 def test_surrogates_fit_predict_embed(kind, tmp_path):
     import torch
 
@@ -101,7 +106,7 @@ def test_surrogates_fit_predict_embed(kind, tmp_path):
     assert np.allclose(members.mean(axis=0), [p.mean for p in preds], atol=1e-5)
 
 
-@pytest.mark.parametrize("role, kind", [("dft", k) for k in sorted(REGISTRY["dft"])] + [("mlip", "chgnet")])
+@pytest.mark.parametrize("role, kind", [("dft", k) for k in sorted(registry.kinds("dft"))] + [("mlip", "chgnet")])
 def test_oracles_return_failure_records_instead_of_raising(role, kind, tmp_path):
     oracle = build_component(spec(role, kind, tmp_path))
     assert isinstance(oracle, Oracle)

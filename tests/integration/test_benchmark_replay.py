@@ -113,7 +113,7 @@ def test_benchmark_command_prints_the_figures_and_tracks_them(cli, tmp_path, tab
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_backend_gives_the_same_runs_as_local(tmp_path, table, table_csv):
-    from discovery.benchmark.runner import run_all
+    from discovery.launch import run_benchmark_jobs as run_all
 
     raw = bench_config(table_csv[0], table_csv[1], [{"kind": "random"}, {"kind": "ucb"}], budget=30,
                        n_seeds=2)
@@ -217,7 +217,7 @@ def _arm_replay(table, threshold, allocate, rounds=15, per_round=10, seed=0):
 
 
 def test_bandit_shares_proposals_toward_the_generator_with_hits(table, table_csv):
-    from discovery.config import GeneratorBanditConfig
+    from discovery.policies.configs import GeneratorBanditConfig
     from discovery.policies.bandit import GeneratorBandit
 
     def bandit_allocate(found, total, rnd):

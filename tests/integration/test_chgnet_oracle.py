@@ -5,7 +5,7 @@ from ase.build import molecule
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from discovery.config import MLIPConfig
+from discovery.oracles.chgnet_oracle import MLIPConfig
 from discovery.oracles.chgnet_oracle import CHGNetOracle
 from discovery.structures import make_candidate
 

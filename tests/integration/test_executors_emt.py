@@ -8,7 +8,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from discovery.build import ComponentSpec
-from discovery.config import EMTConfig, RandomSymmetricGeneratorConfig
+from discovery.oracles.emt_oracle import EMTConfig
+from discovery.generators.random_symmetric import RandomSymmetricGeneratorConfig
 from discovery.executor import LocalExecutor
 from discovery.structures import make_candidate
 

@@ -13,7 +13,7 @@ from ase.build import bulk
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from discovery.config import GPAWConfig
+from discovery.oracles.gpaw_oracle import GPAWConfig
 from discovery.oracles.gpaw_oracle import GPAWOracle
 from discovery.oracles.subprocess_runner import count_completed_runs, run_in_subprocess
 from discovery.records import Candidate, Fidelity

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from discovery.config import GeneratorBanditConfig, validate_config
+from discovery.config import validate_config
+from discovery.policies.configs import GeneratorBanditConfig
 from discovery.policies.bandit import GeneratorBandit
 
 ARMS = ["substitution|", "random_symmetric|", "cdvae|decile=0"]

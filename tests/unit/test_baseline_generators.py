@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from discovery.config import RandomSymmetricGeneratorConfig, SubstitutionGeneratorConfig
+from discovery.generators.random_symmetric import RandomSymmetricGeneratorConfig
+from discovery.generators.substitution import SubstitutionGeneratorConfig
 from discovery.data.prototypes import build_prototype
 from discovery.generators.random_symmetric import RandomSymmetricGenerator, charge_balanced_compositions
 from discovery.generators.substitution import SubstitutionGenerator, guess_oxidation_states

@@ -11,7 +11,7 @@ from pymatgen.core import Element, Lattice, Structure
 from torch_geometric.data import Batch
 
 import discovery.surrogates.cgcnn_ensemble as ens_mod
-from discovery.config import CGCNNEnsembleConfig
+from discovery.surrogates.cgcnn_config import CGCNNEnsembleConfig
 from discovery.errors import ConfigError, DataError, DiscoveryError, NotFittedError
 from discovery.featurize.graphs import ATOM_FEATURE_DIM, structure_to_graph
 from discovery.models.cgcnn import CGCNN

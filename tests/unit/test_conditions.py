@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from discovery.config import SubstitutionGeneratorConfig
-from discovery.generators.conditions import DecileConditions
+from discovery.generators.substitution import SubstitutionGeneratorConfig
+from discovery.featurize.deciles import DecileConditions
 from discovery.generators.substitution import SubstitutionGenerator
 from discovery.structures import make_candidate
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from pymatgen.core import Element, Lattice, Structure
 
 import discovery.featurize.descriptors as desc_mod
-from discovery.config import ForestSurrogateConfig
+from discovery.surrogates.forest import ForestSurrogateConfig
 from discovery.errors import DataError, NotFittedError
 from discovery.featurize.descriptors import (
     DESCRIPTOR_DIM,

@@ -9,7 +9,7 @@ from ase.build import bulk
 from pymatgen.core import Lattice, Molecule, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from discovery.config import GPAWConfig
+from discovery.oracles.gpaw_oracle import GPAWConfig
 from discovery.errors import EvaluationFailed
 from discovery.oracles.gpaw_oracle import GPAWOracle, plane_wave_count, setup_available
 from discovery.oracles.gpaw_worker import calculator_parameters, initial_magmoms, post_check

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from discovery.errors import DataError
-from discovery.models.cond_dfc_vae import CondDFCVAE, kl_divergence, vae_loss
-from discovery.models.icsg3d_presets import ICSG3DConfig
-from discovery.models.icsg3d_training import (
+from discovery.models.icsg3d.cond_dfc_vae import CondDFCVAE, kl_divergence, vae_loss
+from discovery.models.icsg3d.presets import ICSG3DConfig
+from discovery.models.icsg3d.training import (
     CHECKPOINT_FORMAT,
     freeze_,
     load_checkpoint,
@@ -25,7 +25,7 @@ from discovery.models.icsg3d_training import (
     unet_architecture,
     vae_architecture,
 )
-from discovery.models.unet3d import UNet3D, inverse_frequency_weights, unet_loss
+from discovery.models.icsg3d.unet3d import UNet3D, inverse_frequency_weights, unet_loss
 
 CPU_WIDTHS = ((8, 16), (16, 32), (32, 64))
 TINY_WIDTHS = ((4, 8), (8, 8), (8, 16))
@@ -423,7 +423,7 @@ def test_segment_equals_the_argmax_of_forward_inside_the_atom_mask():
 
 
 def test_recalibrate_batchnorm_sets_exact_statistics_and_restores_the_layers():
-    from discovery.models.icsg3d_training import recalibrate_batchnorm
+    from discovery.models.icsg3d.training import recalibrate_batchnorm
 
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2, momentum=0.01))
     data = torch.randn(12, 1, 4, 4, 4) * 3 + 5

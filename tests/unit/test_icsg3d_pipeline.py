@@ -49,7 +49,7 @@ def trained(tmp_path_factory):
 
 
 def test_training_writes_checkpoints_manifest_and_tracks(trained):
-    from discovery.generators.icsg3d_pipeline import MANIFEST_NAME
+    from discovery.models.icsg3d.model import MANIFEST_NAME
 
     assert trained.wall_s < 60
     out = trained.out
@@ -82,12 +82,13 @@ def test_training_writes_checkpoints_manifest_and_tracks(trained):
 def test_training_is_reproducible_reuses_the_cache_and_can_memory_map(trained, tmp_path, caplog, monkeypatch):
     import torch
 
-    from discovery.generators import icsg3d_pipeline
-    from discovery.generators.icsg3d_pipeline import load_training_data, train_icsg3d
+    from discovery.models.icsg3d import data as icsg3d_data
+    from discovery.models.icsg3d.data import load_training_data
+    from discovery.models.icsg3d.train import train_icsg3d
 
     data = load_training_data(trained.data, trained.config)
     shutil.copytree(trained.out / "cache", tmp_path / "again" / "cache")
-    monkeypatch.setattr(icsg3d_pipeline, "MEMMAP_THRESHOLD_BYTES", 0)  # the faithful preset's path
+    monkeypatch.setattr(icsg3d_data, "MEMMAP_THRESHOLD_BYTES", 0)  # the faithful preset's path
     with caplog.at_level("INFO", logger="discovery"):
         again = train_icsg3d(data, trained.config, tmp_path / "again", seed=0)
     messages = [r.getMessage() for r in caplog.records]
@@ -104,7 +105,7 @@ def test_training_is_reproducible_reuses_the_cache_and_can_memory_map(trained, t
 
 
 def test_load_and_sample_in_all_three_modes(trained):
-    from discovery.generators.icsg3d_pipeline import ICSG3DModel, Samples
+    from discovery.models.icsg3d.model import ICSG3DModel, Samples
 
     model = ICSG3DModel.load(trained.out)
     assert model.version == trained.model.version and len(model.version) == 12
@@ -146,8 +147,8 @@ def test_load_and_sample_in_all_three_modes(trained):
 
 
 def test_reconstruction_metrics_and_property_heads(trained):
-    from discovery.generators.icsg3d_pipeline import evaluate_reconstruction
-    from discovery.models.icsg3d_heads import apply_gap_rule
+    from discovery.models.icsg3d.evaluation import evaluate_reconstruction
+    from discovery.models.icsg3d.heads import apply_gap_rule
 
     model = trained.model
     metrics = evaluate_reconstruction(model, trained.structures[:3], [-1.0, -0.8, -0.6])
@@ -172,7 +173,7 @@ def test_reconstruction_metrics_and_property_heads(trained):
 def test_heads_transfer_from_the_formation_energy_head(trained):
     import torch
 
-    from discovery.models.icsg3d_heads import PropertyHeads
+    from discovery.models.icsg3d.heads import PropertyHeads
 
     heads = trained.model.heads
     assert heads.properties[0] == "heat_ref"
@@ -188,7 +189,7 @@ def test_heads_transfer_from_the_formation_energy_head(trained):
 
 def _generator(trained, **kw):
     from discovery.build import ComponentSpec, build_component
-    from discovery.config import ICSG3DGeneratorConfig
+    from discovery.generators.icsg3d import ICSG3DGeneratorConfig
 
     config = ICSG3DGeneratorConfig(checkpoint_dir=trained.out, n_per_round=3, **kw)
     return build_component(ComponentSpec("generator", config, ("Sr", "Ba", "Ti", "O"), 10, seed=0))
@@ -214,7 +215,7 @@ def test_campaign_file_selects_a_preset_and_checks_the_model_folder_up_front(tra
     longer_vae = tiny_overrides()
     longer_vae["vae"]["epochs"] = 3
     cases = [
-        ({"checkpoint_dir": "empty"}, "generators.0.checkpoint_dir: no trained ICSG3D model"),
+        ({"checkpoint_dir": "empty"}, "generators.0.checkpoint_dir: no trained icsg3d model"),
         ({"checkpoint_dir": str(trained.out), "preset": "faithful"},
          "generators.0.preset: " + str(trained.out) + " holds a 'cpu' model, the campaign asks for 'faithful'"),
         ({"checkpoint_dir": str(trained.out), "train_data": "perov.csv", "train": longer_vae},
@@ -222,7 +223,7 @@ def test_campaign_file_selects_a_preset_and_checks_the_model_folder_up_front(tra
          "asks for 3"),
         ({"checkpoint_dir": "new", "train_data": "missing.csv"}, "generators.0.train_data: file not found"),
         ({"checkpoint_dir": "new", "train_data": "perov.csv", "train": {"vae": {"epoch": 3}}},
-         "train.vae.epoch: Extra inputs are not permitted"),
+         "generators.0.train.vae.epoch: unknown key"),
         ({"checkpoint_dir": "new", "train": {"vae": {"epochs": 3}}}, "train and train_seed need train_data"),
         ({"checkpoint_dir": str(trained.out), "train_data": "perov.csv", "train": tiny_overrides(), "train_seed": 1},
          "holds a model trained with train_seed=0, the campaign asks for 1"),
@@ -284,7 +285,7 @@ def test_generator_is_registered_and_follows_the_protocol(trained):
 
 
 def test_generator_wraps_valid_decodes_into_candidates(trained, monkeypatch):
-    from discovery.generators.icsg3d_pipeline import Samples
+    from discovery.models.icsg3d.model import Samples
 
     gen = _generator(trained)
     chain = Structure(Lattice.cubic(9.0), ["Sr"] * 12, [[x, x, x] for x in np.linspace(0, 0.9, 12)])
@@ -344,7 +345,7 @@ def test_generator_update_recomputes_deciles_and_retargets_to_the_hits(trained):
     ("config", "vae.pt"), ("missing", "icsg3d.json"), ("garbage", "icsg3d.json"),
 ])
 def test_bad_checkpoints_give_one_line_data_errors(trained, tmp_path, damage, file):
-    from discovery.generators.icsg3d_pipeline import ICSG3DModel
+    from discovery.models.icsg3d.model import ICSG3DModel
 
     folder = tmp_path / "model"
     shutil.copytree(trained.out, folder, ignore=shutil.ignore_patterns("cache"))
@@ -366,8 +367,8 @@ def test_bad_checkpoints_give_one_line_data_errors(trained, tmp_path, damage, fi
 
 
 def test_a_checkpoint_from_another_run_is_refused(trained, tmp_path):
-    from discovery.generators.icsg3d_pipeline import ICSG3DModel
-    from discovery.models.icsg3d_training import load_checkpoint, save_checkpoint, vae_architecture
+    from discovery.models.icsg3d.model import ICSG3DModel
+    from discovery.models.icsg3d.training import load_checkpoint, save_checkpoint, vae_architecture
 
     folder = tmp_path / "model"
     shutil.copytree(trained.out, folder, ignore=shutil.ignore_patterns("cache"))

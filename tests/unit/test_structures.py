@@ -7,7 +7,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
-from discovery.config import FilterConfig
+from discovery.structures import FilterConfig
 from discovery.records import Candidate
 from discovery.structures import (
     CandidateFilter,

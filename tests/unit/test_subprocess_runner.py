@@ -21,7 +21,7 @@ from ase.build import bulk
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from discovery.config import EMTConfig
+from discovery.oracles.emt_oracle import EMTConfig
 from discovery.oracles.emt_oracle import EMTOracle
 from discovery.oracles.subprocess_runner import RESULT, RUNS, count_completed_runs, run_in_subprocess
 from discovery.records import Candidate, Fidelity

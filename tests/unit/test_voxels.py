@@ -25,7 +25,7 @@ from discovery.featurize.voxels import (
     site_radius,
     voxel_size,
 )
-from discovery.generators.icsg3d_decode import (
+from discovery.models.icsg3d.decode import (
     atoms_from_segments,
     decode_structure,
     is_valid,
@@ -192,7 +192,7 @@ def test_lattice_from_coords_ignores_the_clipped_ramp_start_and_stray_voxels():
 
 
 def test_an_atom_decoded_on_both_faces_of_the_cell_is_kept_once():
-    from discovery.generators.icsg3d_decode import drop_periodic_images
+    from discovery.models.icsg3d.decode import drop_periodic_images
 
     abc = [4.0, 4.0, 4.0]
     # Sr at the origin and again 0.2 A short of the opposite face (its image); O pairs that must stay:
@@ -211,7 +211,7 @@ def test_an_atom_decoded_on_both_faces_of_the_cell_is_kept_once():
 def test_convexity_matches_skimage_convex_hull_image():
     from skimage.morphology import ball, convex_hull_image
 
-    from discovery.generators.icsg3d_decode import _convexity
+    from discovery.models.icsg3d.decode import _convexity
 
     rng = np.random.default_rng(1)
     for _ in range(40):

@@ -11,7 +11,7 @@ Architecture per MODELS.md 1.2 (the released ``vae/lattice_vae.py``):
   ``Upsample(2)`` after the first three; ``Conv3d(in_channels, 3, same) -> BatchNorm3d -> ReLU``.
   The final ReLU is harmless: density and the coordinate channels are non-negative.
 - **Loss** (`vae_loss`): ``MSE + alpha * perceptual + beta * KL``, the perceptual term read from the
-  frozen UNet's `~discovery.models.unet3d.UNet3D.features`.
+  frozen UNet's `~discovery.models.icsg3d.unet3d.UNet3D.features`.
 
 Details taken from the released code and Keras' defaults, and where this port differs:
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discovery.models.unet3d import BN_EPS, BN_MOMENTUM, keras_init_
+from discovery.models.icsg3d.unet3d import BN_EPS, BN_MOMENTUM, keras_init_
 
 #: Keras' default LeakyReLU slope, used by the released model.
 LEAKY_SLOPE = 0.3

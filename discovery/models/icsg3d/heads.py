@@ -24,8 +24,8 @@ Prediction (`PropertyHeads.predict`) applies the paper's rule: where the predict
 those properties are predicted at all). The gap is ``band_gap`` when predicted, otherwise the
 smaller of ``dir_gap``/``ind_gap`` (CDVAE perovskites).
 
-Checkpoints use the ICSG3D helpers (`discovery.models.icsg3d_training.save_checkpoint` /
-`load_checkpoint`, kind ``"heads"``): one ``torch.save`` file read back with ``weights_only=True``;
+Checkpoints use the ICSG3D format (`discovery.models.checkpoints.save_module` / `load_module`, kind
+``"heads"``): one ``torch.save`` file read back with ``weights_only=True``;
 a missing, damaged or mismatched file is a one-line `DataError` naming it.
 """
 
@@ -48,7 +48,8 @@ from torch_geometric.data import Batch, Data
 from discovery.errors import DataError
 from discovery.featurize.graphs import ATOM_FEATURE_DIM, edge_feature_dim, structure_to_graph
 from discovery.models.cgcnn import CGCNN
-from discovery.models.icsg3d_presets import PropertyCGCNNConfig
+from discovery.models.checkpoints import load_module, save_module
+from discovery.models.icsg3d.presets import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, PropertyCGCNNConfig
 
 logger = logging.getLogger(__name__)
 
@@ -407,15 +408,13 @@ class PropertyHeads:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
-        """Write the heads with `~discovery.models.icsg3d_training.save_checkpoint` (kind ``heads``).
+        """Write the heads with `~discovery.models.icsg3d.training.save_checkpoint` (kind ``heads``).
 
         ``extra`` gets ``metrics`` and ``history`` added.
         """
-        from discovery.models.icsg3d_training import save_checkpoint
-
         payload = {"metrics": self.metrics, "history": self.history, **dict(extra or {})}
-        return save_checkpoint(path, "heads", heads_architecture(self.config, self.properties),
-                               self.module.state_dict(), payload)
+        return save_module(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "heads",
+                           heads_architecture(self.config, self.properties), self.module.state_dict(), payload)
 
     @classmethod
     def load(cls, path: str | Path, config: PropertyCGCNNConfig, properties: Sequence[str],
@@ -431,12 +430,11 @@ class PropertyHeads:
             DataError: one line naming the file when it is missing, damaged, of another kind, or
                 written for other sizes or properties.
         """
-        from discovery.models.icsg3d_training import load_checkpoint
-
         heads = cls(config, properties, device=device)
         if heads.properties != [str(p) for p in properties]:
             raise DataError(f"{path}: expected properties {list(properties)} with the primary one first")
-        payload = load_checkpoint(path, "heads", heads_architecture(config, heads.properties))
+        payload = load_module(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "heads", CGCNNHeadsModule,
+                              heads_architecture(config, heads.properties))
         module = payload["model"]
         std = module.target_std.numpy()
         if not (np.all(np.isfinite(std)) and np.all(std > 0) and np.all(np.isfinite(module.target_mean.numpy()))):

@@ -9,7 +9,7 @@ no torch.
 
 - UNet: widths (32, 64), (64, 128), (128, 256), bottom 512; Adam lr 3e-6, batch 10, 50 epochs;
   inverse-frequency class weights as the paper intends (the released code never used them,
-  MODELS.md finding 0.3 #4, see `discovery.models.unet3d`).
+  MODELS.md finding 0.3 #4, see `discovery.models.icsg3d.unet3d`).
 - VAE: filters (16, 32, 64, 128), latent 256, dense 256; alpha (perceptual) 1.0, beta (KL) 0.0005,
   Adam lr 1e-4, batch 20, 50 epochs. (The released code uses alpha 0.5, beta 3e-4, lr 5e-4.)
 - CGCNN: one graph convolution, 64 hidden, 128 dense, lr 1e-3, batch 256 (Table 6; the released
@@ -37,7 +37,7 @@ perov_5/val.csv (3,030 structures) within 60 minutes on 2 cores (46 measured).
   12 epochs): validation MSE 3.97 at lr 1e-3, 1.97 at 2e-3; 5e-3 diverged (MSE 2e4 after one epoch).
   Validation MSE at the last (and best) epoch: 0.085 with 25 epochs, 0.032 with 40 (still falling).
 - Both networks: batch-norm statistics recalibrated on 256 training maps before every validation
-  pass (``bn_recalibration_maps``, see `discovery.models.icsg3d_training`).
+  pass (``bn_recalibration_maps``, see `discovery.models.icsg3d.training`).
 - CGCNN: 1 conv, 64 hidden, 128 dense, lr 1e-3, 30 epochs per property; batch 32 (the released
   code's value; MODELS.md 1.7 gives none) because a few thousand training graphs in batches of 256
   would give only a handful of updates per epoch.
@@ -64,7 +64,11 @@ from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from discovery.config import Strict
+from discovery.configbase import Strict
+
+#: Format of every ICSG3D checkpoint file (UNet, VAE, CGCNN heads), read with ``weights_only=True``.
+CHECKPOINT_FORMAT = "discovery.icsg3d"
+CHECKPOINT_VERSION = 1
 
 #: Properties the ICSG3D CGCNNs predict (MODELS.md 1.4); the VAE condition is a decile of one of them.
 ConditionProperty = Literal["formation_energy_per_atom", "energy_per_atom", "band_gap", "bulk_modulus",
@@ -89,7 +93,7 @@ class _ConvNetSchedule(Strict):
 
 
 class UNetTrainConfig(_ConvNetSchedule):
-    """Sizes and schedule of the segmentation UNet (`discovery.models.unet3d.UNet3D`)."""
+    """Sizes and schedule of the segmentation UNet (`discovery.models.icsg3d.unet3d.UNet3D`)."""
 
     widths: tuple[tuple[int, int], ...] = Field(..., min_length=1,
                                                 description="(first, second) conv widths per level")
@@ -108,7 +112,7 @@ class UNetTrainConfig(_ConvNetSchedule):
 
 
 class VAETrainConfig(_ConvNetSchedule):
-    """Sizes, loss weights and schedule of the Cond-DFC-VAE (`discovery.models.cond_dfc_vae`)."""
+    """Sizes, loss weights and schedule of the Cond-DFC-VAE (`discovery.models.icsg3d.cond_dfc_vae`)."""
 
     filters: tuple[int, ...] = Field(..., min_length=1)
     latent: int = Field(..., ge=1)

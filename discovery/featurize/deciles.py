@@ -1,4 +1,5 @@
-"""Condition vectors from labels: property deciles, recomputed as labels arrive.
+"""Condition vectors from labels: property deciles, recomputed as labels arrive (the one home of
+decile edges, bins and one-hot condition rows).
 
 Conditional generators (ICSG3D's Cond-DFC-VAE) are asked for "a crystal in decile d of the
 property"; unconditional ones (substitution) use the same deciles to weight their parents. After
@@ -12,6 +13,47 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+
+def decile_edges(values: Sequence[float], n_deciles: int = 10) -> np.ndarray:
+    """Inner quantile edges of ``values``: ``np.quantile`` at 1/n, ..., (n-1)/n (non-finite values
+    ignored).
+
+    Shapes: (n_deciles - 1,).
+
+    Example:
+        >>> decile_edges(np.arange(11.0), 2).tolist()
+        [5.0]
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("decile_edges: no finite values")
+    return np.quantile(v, np.arange(1, n_deciles) / n_deciles)
+
+
+def decile_index(values: Sequence[float] | float, edges: np.ndarray) -> np.ndarray:
+    """Decile of each value: bins ``[e_{k-1}, e_k)``, below e_0 in bin 0.
+
+    (The released ICSG3D code's ``pd.qcut`` closes bins on the right instead, which differs only for
+    a label equal to an edge.)
+
+    Example:
+        >>> decile_index([0.0, 4.9, 5.0, 99.0], np.array([5.0])).tolist()
+        [0, 0, 1, 1]
+    """
+    v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    if not np.all(np.isfinite(v)):
+        raise ValueError("decile_index: values must be finite")
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), v, side="right").astype(np.int64)
+
+
+def one_hot(index: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """float32 one-hot rows. Shapes: (len(index), n)."""
+    idx = np.asarray(index, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"one_hot: index outside 0..{n - 1}")
+    return np.eye(n, dtype=np.float32)[idx]
 
 
 class DecileConditions:
@@ -43,7 +85,7 @@ class DecileConditions:
         v = np.asarray(values, dtype=float)
         v = v[np.isfinite(v)]
         if len(v) >= self.n_bins:
-            self.edges = np.quantile(v, np.linspace(0, 1, self.n_bins + 1)[1:-1])
+            self.edges = decile_edges(v, self.n_bins)
         hits = np.asarray(hit_values, dtype=float)
         hits = hits[np.isfinite(hits)]
         self.target = self.bin(float(np.median(hits))) if len(hits) and self.ready else 0
@@ -52,13 +94,11 @@ class DecileConditions:
         """The bin of ``value`` (0 = lowest); 0 before any edges exist."""
         if not self.ready:
             return 0
-        return int(np.searchsorted(self.edges, value, side="right"))
+        return int(decile_index(value, self.edges)[0])
 
     def one_hot(self, b: int) -> np.ndarray:
         """Shapes: (n_bins,)."""
-        out = np.zeros(self.n_bins, dtype=np.float32)
-        out[int(b)] = 1.0
-        return out
+        return one_hot([b], self.n_bins)[0]
 
     def weight(self, value: float | None, strength: float = 1.0) -> float:
         """Sampling weight of a parent with label ``value``: 1 + strength at the target bin,

@@ -22,7 +22,7 @@ Deliberate deviations from the released code (by256/icsg3d, MODELS.md 0.3 findin
   slices (``d/4 <= i < 3d/4``). On a perfect grid this is exact, like the spread. On decoded maps
   the spread is set by the two noisiest voxels and the decoder's final ReLU clips the ramp near
   zero. Measured on 300 *training* structures of perov_5 reconstructed by a cpu-preset model
-  (batch-norm statistics recalibrated, see `discovery.models.icsg3d_training`): lattice MAE 0.23 A
+  (batch-norm statistics recalibrated, see `discovery.models.icsg3d.training`): lattice MAE 0.23 A
   from the spread, 0.078 A from the channel median, 0.061 A from this fit; the choice was made on
   training structures only.
 - **Periodic images** (`drop_periodic_images`). The grid shows a quarter cell of margin on each side
@@ -381,8 +381,11 @@ def decode_structure(
 
 
 def is_valid(structure) -> bool:
-    """At least one site and no two sites closer than 0.5 A (pymatgen ``Structure.is_valid``)."""
-    return structure is not None and len(structure) > 0 and bool(structure.is_valid(tol=0.5))
+    """At least one site and no two sites closer than 0.5 A
+    (`discovery.structures.structural_problem`)."""
+    from discovery.structures import structural_problem
+
+    return structure is not None and structural_problem(structure, 0.5) is None
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -52,11 +52,10 @@ import torch
 from torch import Tensor, nn
 
 from discovery.errors import DataError
-from discovery.models.checkpoints import check_config, first_line, read_checkpoint, write_checkpoint
-from discovery.models.cond_dfc_vae import CondDFCVAE, vae_loss
-from discovery.models.icsg3d_heads import CGCNNHeadsModule
-from discovery.models.icsg3d_presets import ICSG3DConfig
-from discovery.models.unet3d import (
+from discovery.models.checkpoints import load_module, save_module
+from discovery.models.icsg3d.cond_dfc_vae import CondDFCVAE, vae_loss
+from discovery.models.icsg3d.presets import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ICSG3DConfig
+from discovery.models.icsg3d.unet3d import (
     N_SPECIES_CLASSES,
     UNet3D,
     inverse_frequency_weights,
@@ -66,10 +65,9 @@ from discovery.models.unet3d import (
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "discovery.icsg3d"
-CHECKPOINT_VERSION = 1
-#: Checkpoint kinds and the module each one rebuilds (its ``config`` holds the constructor arguments).
-MODEL_KINDS: dict[str, type[nn.Module]] = {"unet": UNet3D, "vae": CondDFCVAE, "heads": CGCNNHeadsModule}
+#: Checkpoint kinds of this module and the network each one rebuilds (the CGCNN heads save
+#: themselves, `discovery.models.icsg3d.heads`, in the same format).
+MODEL_KINDS: dict[str, type[nn.Module]] = {"unet": UNet3D, "vae": CondDFCVAE}
 #: Channels of a voxel map: density and the three coordinate channels.
 IN_CHANNELS = 4
 #: Adam epsilon of Keras (PyTorch's default is 1e-8).
@@ -295,7 +293,7 @@ def train_unet(arrays: Mapping[str, Any], config: ICSG3DConfig, device: str | to
                split: Split | None = None) -> tuple[UNet3D, list[dict[str, float]]]:
     """Train the segmentation UNet on voxel maps with species and occupancy labels.
 
-    Loss: `~discovery.models.unet3d.unet_loss` with ``config.unet.class_weights`` (inverse frequency
+    Loss: `~discovery.models.icsg3d.unet3d.unet_loss` with ``config.unet.class_weights`` (inverse frequency
     over the training part, background 0; or the released code's scalar 95).
 
     Args:
@@ -383,7 +381,7 @@ def train_vae(arrays: Mapping[str, Any], unet: UNet3D, config: ICSG3DConfig,
     """Train the Cond-DFC-VAE with the frozen UNet as its perceptual model.
 
     The UNet is frozen *in place* (`freeze_`: eval mode, ``requires_grad=False``) and moved to
-    ``device``; it stays frozen afterwards. Loss: `~discovery.models.cond_dfc_vae.vae_loss` with
+    ``device``; it stays frozen afterwards. Loss: `~discovery.models.icsg3d.cond_dfc_vae.vae_loss` with
     ``config.vae.alpha`` and ``config.vae.beta``.
 
     Args:
@@ -455,39 +453,16 @@ def train_vae(arrays: Mapping[str, Any], unet: UNet3D, config: ICSG3DConfig,
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _plain(value: Any, where: str) -> Any:
-    """Check that ``value`` loads under ``weights_only=True``; tuples become lists."""
-    if value is None or isinstance(value, bool | int | float | str | Tensor):
-        return value
-    if isinstance(value, list | tuple):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str | int):
-                raise TypeError(f"{where}: key {k!r} is not a str or int")
-            out[k] = _plain(v, f"{where}.{k}")
-        return out
-    raise TypeError(f"{where}: {type(value).__name__} cannot be stored in a weights-only checkpoint")
-
-
-def _normalise(config: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(_plain(dict(config), "config")))
-
-
 def save_checkpoint(path: str | Path, kind: str, config_dict: Mapping[str, Any],
                     state_dict: Mapping[str, Tensor], extra: Mapping[str, Any] | None = None) -> Path:
-    """Write one model checkpoint atomically (a temporary file moved into place).
+    """Write one ICSG3D network ("unet" or "vae") atomically (`discovery.models.checkpoints.save_module`).
 
     Args:
         path: destination file; parent folders are created.
-        kind: a key of `MODEL_KINDS` ("unet", "vae" or "heads").
+        kind: a key of `MODEL_KINDS`.
         config_dict: the model's constructor arguments (`unet_architecture` / `vae_architecture`).
         state_dict: the model's ``state_dict()``; tensors are copied to the CPU.
         extra: JSON-like extras (history, training settings); plain Python values and tensors only.
-
-    Returns:
-        The path written.
 
     Raises:
         ValueError: unknown kind. TypeError: ``extra`` or ``config_dict`` holds a value that a
@@ -495,53 +470,20 @@ def save_checkpoint(path: str | Path, kind: str, config_dict: Mapping[str, Any],
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
-    path = Path(path)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "kind": kind,
-        "version": CHECKPOINT_VERSION,
-        "config": _normalise(config_dict),
-        "state": {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()},
-        "extra": _plain(dict(extra or {}), "extra"),
-    }
-    return write_checkpoint(path, payload)
+    return save_module(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, kind, config_dict, state_dict, extra)
 
 
 def load_checkpoint(path: str | Path, kind: str, expected_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` and rebuild its model.
-
-    The file is read with ``torch.load(..., weights_only=True)`` on the CPU. Its stored config must
-    equal ``expected_config`` key by key (tuples and lists compare equal).
-
-    Args:
-        path: the checkpoint file.
-        kind: the expected kind ("unet", "vae" or "heads").
-        expected_config: the constructor arguments the caller's config asks for
-            (`unet_architecture` / `vae_architecture`).
+    """Read a network written by `save_checkpoint` and rebuild it (`load_module`: weights-only,
+    the stored config must equal ``expected_config``).
 
     Returns:
-        The payload: ``format``, ``kind``, ``version``, ``config``, ``state``, ``extra``, plus ``model``,
-        the rebuilt module with the stored weights, on the CPU in eval mode.
+        The payload plus ``model``, the rebuilt module on the CPU in eval mode.
 
     Raises:
-        DataError: one line naming the file when it is missing, unreadable or damaged, of another
-            format or kind or version, written for a different configuration, or when its weights do
-            not fit the model.
+        DataError: one line naming the file (missing, damaged, another format, kind, version or
+            configuration, or weights that do not fit).
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
-    payload = read_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, kind)
-    mine = _normalise(expected_config)
-    check_config(path, payload["config"], mine)
-    state = payload.get("state")
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise DataError(f"{path}: checkpoint has no state dict of tensors")
-    try:
-        model = MODEL_KINDS[kind](**mine)
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: weights do not fit a {kind} of this configuration ({first_line(exc)})"
-                        ) from exc
-    model.eval()
-    payload["model"] = model
-    return payload
+    return load_module(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, kind, MODEL_KINDS[kind], expected_config)

@@ -1,0 +1,350 @@
+"""`Campaign`: the loop that decides what to compute; executors do the computing.
+
+The loop refills DFT slots asynchronously: a new round is planned as soon as the DFT queue runs
+low (`Campaign._queue_low`), so slots never wait for a batch barrier. What one round does is in
+`Campaign._plan_round`, step by step (learn, propose, filter, score, screen, select, submit); the
+steps' details live in `discovery.campaign.scoring`, `.screening` and `.allocation`. Everything
+decided or computed goes to the ledger first (the driver is its only writer), so a restarted
+driver re-submits only what has no result (`Campaign._restore`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from discovery.build import ComponentSpec
+from discovery.campaign.allocation import proposal_quotas
+from discovery.campaign.scoring import OBJECTIVE_PROPERTY, policy_context, posterior, predict_ehull
+from discovery.campaign.screening import RoundStats, screen
+from discovery.campaign_state import CampaignState
+from discovery.config import CampaignConfig
+from discovery.executor import Executor
+from discovery.ledger.sqlite import SqliteLedger, evaluation_key
+from discovery.objective import Bound, Objective
+from discovery.records import Candidate, Evaluation
+from discovery.thermo import Hull
+
+log = logging.getLogger(__name__)
+
+MIN_LABELS = 5  # DFT formation energies (elements count, at 0 eV/atom) before the surrogate trains
+
+
+def hit_objective(config: CampaignConfig) -> Objective:
+    """The campaign's notion of a hit as an `Objective`: ``e_above_hull <= hit_e_above_hull_ev``."""
+    return Objective(name="hit", bounds=[Bound(property=OBJECTIVE_PROPERTY,
+                                               max=config.objective.hit_e_above_hull_ev)])
+
+
+class Reporter:
+    """Progress sink; the CLI renders it with rich, tests use this silent default."""
+
+    def status(self, message: str) -> None:
+        log.info(message)
+
+    def dft_progress(self, done: int, total: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Campaign:
+    """Run one campaign in ``out_dir`` with a ledger, an executor and a tracker.
+
+    Args:
+        config: the validated campaign.
+        out_dir: campaign folder (ledger, work folders, checkpoints, artifacts).
+        ledger: the writer ledger of this folder.
+        executor: where work runs (local or Ray).
+        components: specs of the named components (``generator:<label>``, ``surrogate``, ``mlip``);
+            a generator's label is what its candidates record (`generator_labels`).
+        dft: spec of the DFT oracle; ``dft.extra["fingerprint"]`` identifies its settings.
+        seeds: known structures the campaign starts from (prototypes, datasets).
+        references: elemental references and reference phases (anchor both hulls).
+        candidate_filter: validity/dedupe/novelty filter (already knows ``seeds``).
+        policy: the selection policy.
+        tracker: MLflow or null tracker.
+    """
+
+    def __init__(self, config: CampaignConfig, out_dir: Path, ledger: SqliteLedger, executor: Executor,
+                 components: dict[str, ComponentSpec], dft: ComponentSpec, seeds: Sequence[Candidate],
+                 references: Sequence[Candidate], candidate_filter: Any, policy: Any, tracker: Any,
+                 reporter: Reporter | None = None):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.ledger = ledger
+        self.executor = executor
+        self.components = components
+        self.dft_spec = dft
+        self.seeds = list(seeds)
+        self.references = {c.id: c for c in references}
+        self.filter = candidate_filter
+        self.policy = policy
+        self.tracker = tracker
+        self.reporter = reporter or Reporter()
+        self.generators = [name for name in components if name.startswith("generator:")]
+        self.labels = {name: name.split(":", 1)[1] for name in self.generators}
+        self.state = CampaignState(dft_fingerprint=dft.extra["fingerprint"], dft_fidelity=dft.extra["fidelity"],
+                                   hit_threshold=config.objective.hit_e_above_hull_ev,
+                                   references=set(self.references))
+        self._resubmit: list[tuple[int, Candidate]] = []  # unfinished submissions found on resume
+        self.next_round = 0
+        self.round_open: dict[int, set[str]] = {}
+        self.surrogate_fitted = False
+        self._hits: set[str] = set()  # hits when this round was planned
+        self._members: dict[str, np.ndarray] = {}  # candidate id -> members' e_above_hull (this round)
+        self._mlip_ehull: dict[str, float] = {}  # candidate id -> CHGNet e_above_hull (this round's pool)
+
+    # ================================================================ run
+
+    def run(self) -> None:
+        started = time.time()
+        self.ledger.append("session", "start", {"event": "start", "t": started})
+        self._restore()
+        self.executor.start(self.components, self.dft_spec, self.config.execution.dft_slots)
+        try:
+            self._start_references()
+            while True:
+                self._record(self.executor.completed(timeout_s=0))
+                if self.next_round < self.config.rounds and self._queue_low():
+                    self._plan_round(self.next_round)
+                    self.next_round += 1
+                    continue
+                if self.executor.outstanding == 0 and self.next_round >= self.config.rounds:
+                    break
+                self._record(self.executor.completed(timeout_s=1.0))
+        finally:
+            self.executor.shutdown()
+            self.ledger.append("session", "end", {"event": "end", "t": time.time()})
+            self.reporter.close()
+
+    def _queue_low(self) -> bool:
+        """Plan the next round while every slot still has one calculation queued behind the running
+        one, so planning (training, proposing, CHGNet) overlaps DFT instead of idling slots."""
+        return self.executor.outstanding <= 2 * self.config.execution.dft_slots
+
+    # ================================================================ resume
+
+    def _restore(self) -> None:
+        restored = CampaignState.from_ledger(self.ledger, self.state.dft_fingerprint, self.state.dft_fidelity,
+                                             self.state.hit_threshold)
+        restored.references |= self.state.references
+        self.state = restored
+        rounds = [r for _, r, _, _ in self.ledger.rows("round")]
+        self.next_round = max(rounds) + 1 if rounds else 0
+        self.filter.add_known(list(self.state.candidates.values()))
+        self.filter.add_known([self.state.relaxed_copy(self.state.candidates[i], e)
+                               for i, e in [*self.state.mlip.items(), *self.state.dft.items()]
+                               if e.ok and i in self.state.candidates])
+        self._resubmit = [(rnd, Candidate.model_validate(payload["candidate"]))
+                          for _, rnd, payload, _ in self.ledger.rows("submission")
+                          if payload["candidate"]["id"] not in self.state.dft]
+        if self.state.candidates or self._resubmit:
+            self.reporter.status(
+                f"resuming: {len(self.state.dft)} DFT results kept, {len(self._resubmit)} unfinished "
+                f"calculations re-queued, next round {self.next_round}")
+
+    # ================================================================ references
+
+    def _start_references(self) -> None:
+        """Queue DFT for every reference not yet computed and relax all of them with the MLIP."""
+        for ref in self.references.values():
+            if ref.id not in self.state.candidates:
+                self.ledger.add_candidate(ref)
+                self.state.candidates[ref.id] = ref
+        for rnd, cand in self._resubmit:
+            self.round_open.setdefault(rnd, set()).add(cand.id)
+            self.executor.submit_dft(cand)
+        for ref in self.references.values():
+            if ref.id not in self.state.dft and ref.id not in self.state.submitted:
+                self._submit(ref, -1)
+        self._progress()
+        if self.config.mlip.enabled:
+            todo = [r for r in self.references.values() if r.id not in self.state.mlip]
+            if todo:
+                self.reporter.status(f"CHGNet: relaxing {len(todo)} references")
+                for ev in self.executor.call("mlip", "evaluate_many", todo):
+                    self._record_mlip(ev, -1)
+
+    def _submit(self, cand: Candidate, rnd: int) -> None:
+        self.ledger.append("submission", evaluation_key(cand.id, self.state.dft_fingerprint),
+                           {"candidate": cand.model_dump(mode="json")}, rnd)
+        self.state.submitted[cand.id] = rnd
+        self.round_open.setdefault(rnd, set()).add(cand.id)
+        self.executor.submit_dft(cand)
+
+    # ================================================================ recording
+
+    def _record(self, evaluations: list[Evaluation]) -> None:
+        for ev in evaluations:
+            rnd = self.state.submitted.get(ev.candidate_id, -1)
+            self.ledger.add_evaluation(ev, rnd)
+            self.state.dft[ev.candidate_id] = ev
+            cand = self.state.candidates.get(ev.candidate_id)
+            name = cand.formula if cand is not None else ev.candidate_id
+            if ev.ok:
+                if cand is not None:  # later proposals must be new after DFT too
+                    self.filter.add_known([self.state.relaxed_copy(cand, ev)])
+                self.reporter.status(f"DFT done: {name} E = {ev.energy_per_atom:.4f} eV/atom "
+                                     f"({ev.provenance.wall_s:.0f} s)")
+            else:
+                self.reporter.status(f"DFT failed: {name}: {ev.failure.error_class}: {ev.failure.message[:120]}")
+            pending = self.round_open.get(rnd)
+            if pending is not None:
+                pending.discard(ev.candidate_id)
+                if not pending and rnd >= 0:
+                    self._round_finished(rnd)
+        if evaluations:
+            self._progress()
+
+    def _record_mlip(self, ev: Evaluation, rnd: int) -> None:
+        self.ledger.add_evaluation(ev, rnd)
+        self.state.mlip[ev.candidate_id] = ev
+
+    def _progress(self) -> None:
+        total = len(self.references) + self.config.rounds * self.config.dft_per_round
+        self.reporter.dft_progress(len(self.state.dft), max(total, len(self.state.submitted)))
+
+    # ================================================================ one round
+
+    def _rng(self, rnd: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence(self.config.seed, spawn_key=(rnd, stream)))
+
+    def _plan_round(self, rnd: int) -> None:
+        t0 = time.time()
+        stats = RoundStats(rnd)
+        hull = self.state.dft_hull()
+        self._hits = self.state.hits(hull)  # StructureMatcher over all results: once per round
+        self._members, self._mlip_ehull = {}, {}
+        self._learn(rnd, hull)
+
+        # propose: the bandit shares the proposal budget among generators by DFT-confirmed hits
+        fixed = {name: self.components[name].config.n_per_round for name in self.generators}
+        quotas = proposal_quotas(bandit_config=self.config.bandit, labels=self.labels, fixed=fixed, state=self.state,
+                                 hits=self._hits, rng=self._rng(rnd, 3), rnd=rnd, tracker=self.tracker,
+                                 ledger=self.ledger)
+        calls = [(name, "propose", (quotas[name], {"round": rnd}, self._rng(rnd, 100 + i)))
+                 for i, name in enumerate(self.generators) if quotas[name] > 0]
+        self.reporter.status(f"round {rnd}: proposing with {len(calls)} generator(s): "
+                             + ", ".join(f"{self.labels[n]} {q}" for n, q in quotas.items()))
+        proposed = [c.model_copy(update={"round": rnd, "generator": self.labels[name]})
+                    for (name, _, _), batch in zip(calls, self.executor.call_many(calls), strict=True)
+                    for c in batch]
+        stats.proposed = len(proposed)
+
+        # filter
+        result = self.filter.apply(proposed, [])
+        accepted = result.accepted
+        stats.rejected = dict(result.rejected)
+        stats.novel = len(accepted)
+        stats.valid = stats.proposed - sum(v for k, v in result.rejected.items()
+                                           if k in ("invalid_structure", "invalid_composition"))
+        for c in accepted:
+            self.ledger.add_candidate(c)
+            self.state.candidates[c.id] = c
+        self.filter.add_known(accepted)
+
+        # score
+        preds = None
+        if self.surrogate_fitted and accepted:
+            preds, self._members = predict_ehull(self.executor, accepted, hull)
+        prior = "mlip-prior" if self.config.mlip.enabled else "uninformed"
+        stats.scored_by = self.state.scored_by[rnd] = "surrogate" if preds is not None else prior
+
+        # screen with the MLIP
+        if preds is not None:
+            kappa = getattr(self.config.policy, "kappa", 1.0)
+            ranked = sorted((c for c in accepted if c.id in preds), key=lambda c: preds[c.id][0] - kappa * preds[c.id][1])
+        else:
+            ranked = [accepted[i] for i in self._rng(rnd, 1).permutation(len(accepted))]
+        pool, pool_preds = screen(rnd, ranked, preds, config=self.config, executor=self.executor, state=self.state,
+                                  candidate_filter=self.filter, record_mlip=self._record_mlip, reporter=self.reporter,
+                                  stats=stats, mlip_ehull=self._mlip_ehull)
+
+        # select
+        embeddings = None
+        if self.surrogate_fitted and pool and self.config.policy.diversity.needs_embeddings:
+            embeddings = np.asarray(self.executor.call("surrogate", "embed", pool))
+        context = policy_context(self.state, rnd, pool, hull, cheap=preds is not None, mlip_ehull=self._mlip_ehull)
+        selection = self.policy.select(pool, posterior(pool, pool_preds, self._members, embeddings),
+                                       self.config.dft_per_round, context)
+        selection = selection.model_copy(update={"policy": f"{selection.policy}/{stats.scored_by}"})
+        self.ledger.add_selection(selection)
+        self.state.predicted.update(selection.predictions)
+        stats.selected = len(selection.candidate_ids)
+        by_id = {c.id: c for c in pool}
+        for cid in selection.candidate_ids:
+            self._submit(self._dft_start(by_id[cid]), rnd)
+        if not selection.candidate_ids:
+            self.round_open.setdefault(rnd, set())
+        self.ledger.append("round", str(rnd), {**stats.__dict__, "wall_s": time.time() - t0}, rnd)
+        self.tracker.log_metrics({"proposed": stats.proposed, "valid": stats.valid, "novel": stats.novel,
+                                  "mlip_relaxed": stats.mlip_relaxed, "mlip_passed": stats.mlip_passed,
+                                  "selected": stats.selected, "plan_wall_s": time.time() - t0}, step=rnd)
+        self.reporter.status(
+            f"round {rnd}: proposed {stats.proposed}, valid {stats.valid}, novel {stats.novel}, "
+            f"CHGNet relaxed {stats.mlip_relaxed} ({stats.mlip_not_novel} relaxed into known structures, "
+            f"{stats.mlip_passed} kept), selected {stats.selected} "
+            f"by {selection.policy} in {time.time() - t0:.0f} s")
+        if not selection.candidate_ids:
+            self._round_finished(rnd)
+
+    def _learn(self, rnd: int, hull: Hull) -> None:
+        """Refit the surrogate on every DFT label and tell generators what DFT confirmed."""
+        state = self.state
+        known = self.seeds + [state.candidates[i] for i in state.candidate_dft() if i in state.candidates]
+        cands, targets, sources = state.labels(hull)
+        labels = [(c, t) for c, t, src in zip(cands, targets, sources, strict=True) if src not in self.references]
+        feedback = {"known": known, "hits": sorted(self._hits), "round": rnd, "labels": labels,
+                    "property": "formation_energy_per_atom"}
+        for name in self.generators:
+            self.executor.call(name, "update", feedback)
+        if len(cands) < MIN_LABELS:
+            self.surrogate_fitted = False
+            return
+        self.reporter.status(f"round {rnd}: training the surrogate on {len(cands)} DFT labels")
+        report = self.executor.call("surrogate", "fit", cands, targets)
+        ckpt = None
+        if self.components["surrogate"].registered.checkpoints:  # refit-only kinds (forests) save nothing
+            ckpt = self.out_dir / "checkpoints" / f"surrogate-round{rnd}.pt"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            self.executor.call("surrogate", "save", ckpt)
+            self.tracker.log_artifact(ckpt, "checkpoints")
+        self.surrogate_fitted = True
+        scale = report.variance_scale
+        self.ledger.append("fit", str(rnd), {**report.model_dump(mode="json"),
+                                             "checkpoint": None if ckpt is None else str(ckpt),
+                                             "variance_scale": scale}, rnd)
+        self.tracker.log_metrics({k: v for k, v in {"surrogate_val_mae": report.val_mae,
+                                                    "surrogate_train_mae": report.train_mae,
+                                                    "surrogate_n_train": report.n_train,
+                                                    "surrogate_variance_scale": scale}.items()
+                                  if v is not None}, step=rnd)
+
+    def _dft_start(self, cand: Candidate) -> Candidate:
+        """DFT starts from the MLIP-relaxed structure, symmetrised, when there is one."""
+        from pymatgen.core import Structure
+
+        from discovery.structures import symmetrized
+
+        ev = self.state.mlip.get(cand.id)
+        if ev is not None and ev.ok:
+            start = symmetrized(Structure.from_dict(ev.relaxed_structure))
+            return cand.model_copy(update={"structure": start.as_dict(),
+                                           "conditions": {**cand.conditions, "start": "mlip-relaxed"}})
+        return cand
+
+    # ================================================================ per-round metrics
+
+    def _round_finished(self, rnd: int) -> None:
+        """All DFT of round ``rnd`` is back: log what it found and how good the predictions were."""
+        from discovery.report import round_metrics
+
+        metrics = round_metrics(self.state, rnd, [p for _, _, p, _ in self.ledger.rows("round")])
+        self.tracker.log_metrics(metrics, step=rnd)
+        self.reporter.status(f"round {rnd} complete: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
+
