@@ -1,8 +1,9 @@
 """What a worker needs to build one component in its own process, and the call that builds it.
 
 Workers (local threads or Ray actors) receive a `ComponentSpec` and call `build_component` inside
-their own process, so calculators and torch models are never shipped across processes. The
-registry (`discovery.registry`) knows which factory a config belongs to.
+their own process, so calculators and torch models are never shipped across processes. The spec
+carries the component's registered `~discovery.kinds.Kind` (looked up once, in the driver), so a
+worker builds kinds registered at run time too (a plugin, a notebook, a test).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from discovery import registry
-from discovery.kinds import BuildContext
+from discovery.kinds import BuildContext, Kind
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,15 @@ class ComponentSpec:
     seed: int = 0
     workdir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    registered: Kind | None = None
+
+    def __post_init__(self) -> None:
+        if self.registered is None:  # the driver looks the kind up; workers reuse it
+            object.__setattr__(self, "registered", registry.kind_of(self.config))
 
     @property
     def kind(self) -> str:
-        return registry.kind_of(self.config).name
-
-    @property
-    def registered(self):
-        """The component's `~discovery.kinds.Kind` (capabilities: GPU, fidelity, checkpoints)."""
-        return registry.kind_of(self.config)
+        return self.registered.name
 
     def context(self) -> BuildContext:
         return BuildContext(elements=tuple(self.elements), max_atoms=self.max_atoms, seed=self.seed,
@@ -55,4 +56,4 @@ class ComponentSpec:
 
 def build_component(spec: ComponentSpec) -> Any:
     """Instantiate the component described by ``spec`` (call this inside the worker)."""
-    return registry.build(spec.config, spec.context())
+    return spec.registered.resolve_factory()(spec.config, spec.context())

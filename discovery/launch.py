@@ -84,7 +84,8 @@ def build_specs(config: CampaignConfig, out_dir: Path) -> tuple[dict[str, Compon
 def make_tracker(config: CampaignConfig, out_dir: Path, run_id: str | None, experiment: str | None = None,
                  run_name: str | None = None):
     """The campaign's MLflow run (or another run in the same store: ``experiment``, ``run_name``)."""
-    from discovery.tracking.mlflow_tracker import MlflowTracker, NullTracker
+    from discovery.protocols import NullTracker
+    from discovery.tracking.mlflow_tracker import MlflowTracker
 
     if not config.tracking.enabled:
         return NullTracker()

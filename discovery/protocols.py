@@ -19,8 +19,12 @@ class Generator(Protocol):
     def propose(self, n: int, conditions: dict[str, Any], rng: np.random.Generator) -> list[Candidate]:
         """Return up to ``n`` new candidates for ``conditions``."""
 
-    def update(self, feedback: dict[str, Any]) -> None:
-        """Take new labels and known structures into account for later proposals."""
+    def update(self, feedback: dict[str, Any]) -> dict[str, Any] | None:
+        """Take new labels, hits and known structures into account for later proposals.
+
+        ``feedback``: ``known`` (Candidates), ``hits`` (candidate ids), ``labels`` ((Candidate,
+        value) pairs), ``property`` (what the labels are), ``round``. Returns the generator's
+        conditions after the update (JSON-able; recorded in the ledger every round), or None."""
 
 
 @runtime_checkable

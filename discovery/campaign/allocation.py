@@ -1,7 +1,7 @@
 """Sharing a round's proposal budget among the campaign's generators by DFT-confirmed hits.
 
 Each generator instance is one bandit arm, named by the label its candidates carry
-(`generator_labels`: the kind, or ``kind#i`` when two generators share a kind), so a hit is
+(`generator_labels`: the kind, or ``kind-i`` when two generators share a kind), so a hit is
 credited to the generator that proposed it.
 """
 
@@ -15,9 +15,9 @@ from discovery.campaign_state import CampaignState
 
 
 def generator_labels(kinds: list[str]) -> list[str]:
-    """The label of each generator: its kind, or ``kind#i`` (``i``: its index in ``generators``)
-    when the campaign has more than one generator of that kind."""
-    return [k if kinds.count(k) == 1 else f"{k}#{i}" for i, k in enumerate(kinds)]
+    """The label of each generator: its kind, or ``kind-i`` (``i``: its index in ``generators``)
+    when the campaign has more than one generator of that kind (MLflow metric names allow '-')."""
+    return [k if kinds.count(k) == 1 else f"{k}-{i}" for i, k in enumerate(kinds)]
 
 
 def proposal_quotas(*, bandit_config: Any, labels: dict[str, str], fixed: dict[str, int], state: CampaignState,

@@ -302,7 +302,12 @@ class Campaign:
         feedback = {"known": known, "hits": sorted(self._hits), "round": rnd, "labels": labels,
                     "property": "formation_energy_per_atom"}
         for name in self.generators:
-            self.executor.call(name, "update", feedback)
+            conditions = self.executor.call(name, "update", feedback)
+            if conditions:  # what each generator now samples under: ledger and MLflow, every round
+                label = self.labels[name]
+                self.ledger.append("conditions", f"{rnd}:{label}", {"generator": label, **conditions}, rnd)
+                self.tracker.log_metrics({f"conditions.{label}.{k}": float(v) for k, v in conditions.items()
+                                          if isinstance(v, int | float) and not isinstance(v, bool)}, step=rnd)
         if len(cands) < MIN_LABELS:
             self.surrogate_fitted = False
             return

@@ -170,8 +170,9 @@ class ICSG3DGenerator:
         both_formation = prop in FORMATION_ENERGY_LABELS and mine in FORMATION_ENERGY_LABELS
         return prop is None or prop == mine or both_formation
 
-    def update(self, feedback: dict[str, Any]) -> None:
-        """Take labels, hits and known structures into account (see the module docstring)."""
+    def update(self, feedback: dict[str, Any]) -> dict[str, Any]:
+        """Take labels, hits and known structures into account (see the module docstring); returns
+        the conditions the generator now samples under (recorded by the campaign every round)."""
         for cand in feedback.get("known", ()) or ():
             self._candidates.setdefault(cand.id, cand)
         labels = feedback.get("labels", ()) or ()
@@ -200,6 +201,9 @@ class ICSG3DGenerator:
             self._mu.clear()  # base deciles may have moved
         if self.config.fine_tune_epochs > 0:
             self._fine_tune()
+        return {"property": self.model.condition_property, "target_decile": self.target_decile,
+                "decile_edges": [float(e) for e in self.decile_edges], "n_labels": len(self._labels),
+                "n_hits": len(self._hits), "version": self.version}
 
     def _decile(self, value: float) -> int:
         return self.conditions.bin(value)

@@ -151,12 +151,14 @@ class RandomSymmetricGenerator:
         extra = [c for f, c in self._known.items() if f not in enumerated]
         return self._compositions + extra
 
-    def update(self, feedback: dict[str, Any]) -> None:
-        """Remember the compositions of ``feedback["known"]`` (campaign elements, small enough)."""
+    def update(self, feedback: dict[str, Any]) -> dict[str, Any]:
+        """Remember the compositions of ``feedback["known"]`` (campaign elements, small enough);
+        returns the size of the composition pool."""
         for cand in feedback.get("known", ()) or ():
             counts = _reduced_counts(cand.pmg.composition)
             if set(counts) <= set(self.elements) and len(counts) >= 2 and sum(counts.values()) <= self.max_atoms:
                 self._known.setdefault(cand.formula, counts)
+        return {"n_compositions": len(self.compositions())}
 
     def _group_choices(self, counts: dict[str, int]) -> list[tuple[int, int]]:
         """(space group, Z) pairs that can hold ``counts`` x Z atoms within ``max_atoms``."""

@@ -154,10 +154,11 @@ class SubstitutionGenerator:
 
     # ------------------------------------------------------------------ feedback
 
-    def update(self, feedback: dict[str, Any]) -> None:
+    def update(self, feedback: dict[str, Any]) -> dict[str, Any]:
         """Merge ``feedback["known"]`` (Candidates) as parents; remember ``feedback["hits"]``;
         recompute the formation-energy deciles from ``feedback["labels"]`` ((Candidate, value)
-        pairs) and aim at the decile of the confirmed hits."""
+        pairs) and aim at the decile of the confirmed hits. Returns the conditions it now works
+        with (recorded by the campaign every round)."""
         for cand in feedback.get("known", ()) or ():
             self._known.setdefault(cand.id, cand)
         for hit in feedback.get("hits", ()) or ():
@@ -173,6 +174,8 @@ class SubstitutionGenerator:
         if self._labels:
             self.conditions.update(list(self._labels.values()),
                                    [v for k, v in self._labels.items() if k in self._hits])
+        return {**self.conditions.state(), "n_labels": len(self._labels), "n_hits": len(self._hits),
+                "n_known": len(self._known)}
 
     # ------------------------------------------------------------------ proposals
 

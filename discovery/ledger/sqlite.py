@@ -33,7 +33,8 @@ CREATE INDEX IF NOT EXISTS by_kind ON records(kind, seq);
 """
 
 # Kinds of rows. Anything else is refused so typos cannot silently create new streams.
-KINDS = {"meta", "session", "candidate", "round", "selection", "submission", "evaluation", "fit", "bandit"}
+KINDS = {"meta", "session", "candidate", "round", "selection", "submission", "evaluation", "fit", "bandit",
+         "conditions"}
 
 
 def evaluation_key(candidate_id: str, fingerprint: str) -> str:
