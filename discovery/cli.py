@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                    "the trials and the best one as one JSON object")
 
     add_train_parser(sub)
+
+    kinds = sub.add_parser("kinds", help="list the registered component kinds (built-in and plugins)")
+    kinds.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
@@ -369,6 +372,30 @@ def print_benchmark(summary: dict, console) -> None:
     console.print(f"outputs: {summary['out']}")
 
 
+def cmd_kinds(args, console) -> int:
+    """Every registered kind by role, with what it is (plugins included)."""
+    from rich.table import Table
+
+    from discovery import registry
+    from discovery.kinds import ROLES
+
+    listing = {role: {name: {"summary": k.summary, "config": f"{k.config.__module__}.{k.config.__qualname__}",
+                             **({"fidelity": k.fidelity} if k.fidelity else {}),
+                             **({"models": list(k.models)} if k.models else {})}
+                      for name, k in sorted(registry.kinds(role).items())} for role in ROLES}
+    if args.json:
+        print(json.dumps(listing))
+        return 0
+    table = Table(title="registered kinds (use them as `kind:` in a campaign file; models: `discovery train NAME`)")
+    for col in ("role", "kind", "what it is"):
+        table.add_column(col)
+    for role, entries in listing.items():
+        for name, info in entries.items():
+            table.add_row(role, name, info["summary"])
+    _stdout_console().print(table)
+    return 0
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -385,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (batch schedulers, `kill`) stops as cleanly as Ctrl-C: actors and workers are shut down
     signal.signal(signal.SIGTERM, _interrupt)
     handlers = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "benchmark": cmd_benchmark,
+                "kinds": cmd_kinds,
                 "tune": cmd_tune, "train": cmd_train}
     try:
         code = handlers[args.command](args, console)

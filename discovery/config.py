@@ -16,7 +16,7 @@ anything is written.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
@@ -27,7 +27,10 @@ from discovery.configbase import (Strict, apply_overrides, flatten, read_yaml_ma
 from discovery.errors import ConfigError
 from discovery.lifecycle import check_model_folder, model_sources, resolve_model_paths
 from discovery.policies.configs import GeneratorBanditConfig  # the loop's bandit, not a component kind
-from discovery.structures import FilterConfig
+from discovery.filters import FilterConfig
+
+if TYPE_CHECKING:  # at run time these names are the registry's unions (`ensure_schema`)
+    GeneratorConfig = SurrogateConfig = MLIPConfig = DFTConfig = PolicyConfig = Any
 
 __all__ = ["CampaignConfig", "load_config", "validate_config", "config_to_yaml", "flatten"]
 

@@ -183,7 +183,7 @@ def check_inputs(config: CampaignConfig, out_dir: Path, source: str = "campaign"
 def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address: str | None = None,
             reporter: Reporter | None = None, source: str = "campaign") -> PreparedCampaign:
     """Validate the folder and inputs, then open the ledger and tracker and wire the campaign."""
-    from discovery.structures import CandidateFilter
+    from discovery.filters import CandidateFilter
 
     out_dir = Path(out_dir).resolve()
     check_folder(out_dir, resume)

@@ -41,15 +41,15 @@ def _report_load(source, loaded, unit: str) -> None:
 
 def reference_candidates(config) -> list:
     """Elemental references and the campaign's reference phases, computed once per campaign."""
-    from discovery.data import prototypes
+    from discovery.data.references import build_reference_phase, elemental_reference
     from discovery.structures import make_candidate
 
     refs = []
     for symbol in config.chemistry.elements:
-        structure, hint = prototypes.elemental_reference(symbol)
+        structure, hint = elemental_reference(symbol)
         refs.append(make_candidate(structure, "reference", conditions={"calc": hint, "role": "element"}))
     for phase in config.chemistry.reference_phases:
-        structure = prototypes.build_reference_phase(phase.formula, phase.prototype)
+        structure = build_reference_phase(phase.formula, phase.prototype)
         refs.append(make_candidate(structure, "reference",
                                    conditions={"role": "phase", "prototype": phase.prototype}))
     return refs

@@ -14,10 +14,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from discovery.objective import Objective
 from discovery.policies.base import BatchPolicy, scales_of, utility_moments
 from discovery.policies.diversity import FormulaCap
-from discovery.policies.multi_fidelity import MultiFidelityPolicy
 from discovery.posterior import Posterior
 from discovery.records import Candidate, Selection
 

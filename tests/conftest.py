@@ -39,3 +39,21 @@ def cli():
     if shutil.which(str(BIN)) is None:
         pytest.skip("the discovery console script is not installed in this environment")
     return discovery_cli
+
+
+@pytest.fixture(scope="session")
+def icsg3d_memorized(tmp_path_factory) -> Path:
+    """A small ICSG3D model that decodes its 8 training perovskites again (`icsg3d_helpers.MEMORIZE`),
+    trained once per session; its folder."""
+    import torch
+
+    from icsg3d_helpers import MEMORIZE, MEMORIZE_N, train_tiny
+
+    folder = tmp_path_factory.mktemp("icsg3d-memorized")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train_tiny(folder, n=MEMORIZE_N, overrides=MEMORIZE)
+    finally:
+        torch.set_num_threads(threads)
+    return folder / "model"

@@ -8,7 +8,7 @@ the shared data.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -17,6 +17,9 @@ from discovery.config import ExecutionConfig, TrackingConfig
 from discovery.configbase import Strict, apply_overrides, read_yaml_mapping, validate
 from discovery.errors import ConfigError
 from discovery.objective import Objective
+
+if TYPE_CHECKING:  # at run time these names are the registry's unions (`_schema`)
+    PolicyConfig = SurrogateConfig = Any
 
 #: The surrogate a benchmark fits when it names none (refit every batch, seconds per fit).
 DEFAULT_SURROGATE = "forest"

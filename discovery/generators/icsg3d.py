@@ -145,6 +145,7 @@ class ICSG3DGenerator:
         self._labels: dict[str, float] = {}  # labelled (evaluated) candidate id -> value
         self._parent_labels: dict[str, float] = {}  # proposal id -> label of its relaxed copy
         self._candidates: dict[str, Candidate] = {}
+        self._proposed: set[str] = set()  # ids of this generator's proposals
         self._hits: dict[str, None] = {}
         self._mu: dict[str, np.ndarray] = {}
         self._unusable: set[str] = set()
@@ -201,9 +202,10 @@ class ICSG3DGenerator:
             self._mu.clear()  # base deciles may have moved
         if self.config.fine_tune_epochs > 0:
             self._fine_tune()
+        own = sum(1 for pid in self._parent_labels if pid in self._proposed)
         return {"property": self.model.condition_property, "target_decile": self.target_decile,
                 "decile_edges": [float(e) for e in self.decile_edges], "n_labels": len(self._labels),
-                "n_hits": len(self._hits), "version": self.version}
+                "n_labels_own": own, "n_hits": len(self._hits), "version": self.version}
 
     def _decile(self, value: float) -> int:
         return self.conditions.bin(value)
@@ -317,6 +319,7 @@ class ICSG3DGenerator:
                 if cand.id in seen:
                     continue
                 seen.add(cand.id)
+                self._proposed.add(cand.id)
                 out.append(cand)
                 if len(out) >= n:
                     break

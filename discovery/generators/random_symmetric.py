@@ -158,7 +158,7 @@ class RandomSymmetricGenerator:
             counts = _reduced_counts(cand.pmg.composition)
             if set(counts) <= set(self.elements) and len(counts) >= 2 and sum(counts.values()) <= self.max_atoms:
                 self._known.setdefault(cand.formula, counts)
-        return {"n_compositions": len(self.compositions())}
+        return {"n_compositions": len(self.compositions)}
 
     def _group_choices(self, counts: dict[str, int]) -> list[tuple[int, int]]:
         """(space group, Z) pairs that can hold ``counts`` x Z atoms within ``max_atoms``."""

@@ -1,8 +1,8 @@
 """ICSG3D as a campaign generator, with EMT standing in for DFT (as the name says): the campaign file
 selects the preset and training data, the campaign trains the model before its workers start, the
 generator is hosted in a Ray actor next to the random-structure generator, a second start reuses the
-model, the bandit shares proposals between them, and the campaign's labels reach the generator's
-update."""
+model, and the bandit shares proposals between them. With a model that decodes valid crystals, ICSG3D
+proposals reach DFT and their labels reach the generator's update (its recorded conditions)."""
 
 import json
 import sqlite3
@@ -57,3 +57,36 @@ def test_icsg3d_generator_trains_itself_and_runs_inside_a_short_emt_campaign(cli
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "model" / "vae.pt").stat().st_mtime_ns == stamp
     assert "training the cpu preset" not in " ".join((again.stderr + again.stdout).split())
+
+
+@pytest.mark.slow
+def test_icsg3d_proposals_reach_dft_and_their_labels_reach_the_generator(cli, tmp_path, icsg3d_memorized):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(icsg3d_memorized, model)
+    cfg = {
+        "name": "icsg3d-labels", "seed": 0, "rounds": 3, "dft_per_round": 3,
+        "chemistry": {"elements": ["Cu", "Ag", "O"], "max_atoms": 6, "reference_phases": []},
+        "generators": [{"kind": "icsg3d", "checkpoint_dir": "model", "n_per_round": 6, "latent_scale": 0.1}],
+        "surrogate": {"ensemble_size": 2, "max_epochs": 20},
+        "mlip": {"enabled": False},
+        "dft": {"kind": "emt", "max_steps": 20},
+        "execution": {"backend": "local", "dft_slots": 2},
+    }
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    proc = cli("run", str(path), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with sqlite3.connect(out / "ledger.sqlite") as db:
+        rows = {kind: [(r, json.loads(p)) for r, p in db.execute("select round, payload from records where kind = ?",
+                                                                    (kind,))]
+                for kind in ("candidate", "evaluation", "conditions")}
+    proposed = {c["id"] for _, c in rows["candidate"] if c["generator"] == "icsg3d"}
+    assert proposed, "ICSG3D proposed nothing"
+    evaluated = [e for _, e in rows["evaluation"] if e["candidate_id"] in proposed]
+    assert any(e["status"] == "ok" for e in evaluated), "no ICSG3D proposal was evaluated"
+    conditions = sorted((r, c) for r, c in rows["conditions"] if c["generator"] == "icsg3d")
+    assert len(conditions) == 3 and conditions[0][1]["n_labels_own"] == 0
+    assert conditions[-1][1]["n_labels_own"] >= 1  # the DFT labels of its own proposals reached update

@@ -5,16 +5,14 @@ import pytest
 from pymatgen.core import Composition
 
 from discovery.data.prototypes import (
-    MOLECULE_BOX_A,
     build_prototype,
-    build_reference_phase,
-    elemental_reference,
     get_prototype,
     ionic_radius,
     prototype_names,
     seed_candidates,
     seed_structures,
 )
+from discovery.data.references import MOLECULE_BOX_A, build_reference_phase, elemental_reference
 from discovery.errors import DataError
 from discovery.structures import composition_problem, structural_problem
 

@@ -7,10 +7,9 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
-from discovery.structures import FilterConfig
+from discovery.filters import CandidateFilter, FilterConfig
 from discovery.records import Candidate
 from discovery.structures import (
-    CandidateFilter,
     candidate_id,
     composition_problem,
     from_ase,

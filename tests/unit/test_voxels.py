@@ -13,13 +13,13 @@ from pymatgen.core import Lattice, Structure
 
 import discovery.featurize.voxels as voxels
 from discovery.errors import DataError
+from discovery.featurize.voxel_cache import load_or_featurize
 from discovery.featurize.voxels import (
     VoxelConfig,
     VoxelSample,
     coordinate_channels,
     featurize,
     featurize_many,
-    load_or_featurize,
     prepare_structure,
     rotate90,
     site_radius,

@@ -10,7 +10,7 @@ Training (`train_icsg3d`), in this order (MODELS.md 1.1-1.5; sizes from `ICSG3DC
    made before augmentation, so rotated copies always stay with their parent. The 20 % are held out
    from every network (the benchmark evaluates on them).
 3. **Voxels.** At most ``max_structures`` training structures (a seeded subset) are featurised
-   (`discovery.featurize.voxels.load_or_featurize`, cached under ``out_dir/cache``, keyed by candidate
+   (`discovery.featurize.voxel_cache.load_or_featurize`, cached under ``out_dir/cache``, keyed by candidate
    ids and grid settings); structures that cannot be voxelised (non-orthogonal, > 40 sites) are
    skipped and counted. Each structure gives ``n_rotations`` maps: the original and ``n - 1`` random
    90-degree rotations (`~discovery.featurize.voxels.rotate90`). Species and occupancy are stored as
@@ -108,7 +108,8 @@ def train_icsg3d(data_path: str | Path | ICSG3DData, config: ICSG3DConfig, out_d
             structure can be voxelised).
         ConfigError: CUDA requested without a GPU.
     """
-    from discovery.featurize.voxels import VoxelConfig, load_or_featurize
+    from discovery.featurize.voxel_cache import load_or_featurize
+    from discovery.featurize.voxels import VoxelConfig
     from discovery.models.icsg3d.heads import PropertyHeads
     from discovery.models.icsg3d.training import (save_checkpoint, split_indices, train_unet, train_vae,
                                                   unet_architecture, vae_architecture)

@@ -39,7 +39,6 @@ atomically, holding ``format``, ``kind``, ``version``, the model's constructor a
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
