@@ -16,7 +16,7 @@ anything is written.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
@@ -28,9 +28,6 @@ from discovery.errors import ConfigError
 from discovery.lifecycle import check_model_folder, model_sources, resolve_model_paths
 from discovery.policies.configs import GeneratorBanditConfig  # the loop's bandit, not a component kind
 from discovery.filters import FilterConfig
-
-if TYPE_CHECKING:  # at run time these names are the registry's unions (`ensure_schema`)
-    GeneratorConfig = SurrogateConfig = MLIPConfig = DFTConfig = PolicyConfig = Any
 
 __all__ = ["CampaignConfig", "load_config", "validate_config", "config_to_yaml", "flatten"]
 
@@ -102,6 +99,18 @@ class DataConfig(Strict):
 # ----------------------------------------------------------------------------- loop settings
 
 
+class CompositionFirstConfig(Strict):
+    """Composition-first proposals: every generator whose kind proposes compositions (CondGAN,
+    CondVAE) hands its formulas to every generator whose kind takes a composition (substitution,
+    random_symmetric, CD-VAE, crystal GAN); each pair is one bandit arm
+    (`discovery.campaign.allocation`)."""
+
+    enabled: bool = True
+    structure_generators: list[str] | None = Field(
+        None, description="labels of the generators that build the structures; default: every one that can")
+    compositions_per_arm: int = Field(3, ge=1, le=100, description="distinct formulas an arm asks for per round")
+
+
 class ExecutionConfig(Strict):
     backend: Literal["ray", "local"] = "ray"
     address: str | None = Field(None, description="Ray cluster address; default: a local instance")
@@ -128,11 +137,17 @@ DEFAULT_KINDS = {"surrogate": "cgcnn_ensemble", "mlip": "chgnet", "dft": "gpaw",
 DEFAULT_GENERATORS = ({"kind": "substitution"}, {"kind": "random_symmetric"})
 
 
+GeneratorConfig = registry.component_field("generator")
+SurrogateConfig = registry.component_field("surrogate", DEFAULT_KINDS["surrogate"])
+MLIPConfig = registry.component_field("mlip", DEFAULT_KINDS["mlip"])
+DFTConfig = registry.component_field("dft", DEFAULT_KINDS["dft"])
+PolicyConfig = registry.component_field("policy", DEFAULT_KINDS["policy"])
+
+
 class CampaignConfig(Strict):
     """One campaign: chemistry, data, components, budget and where things run.
 
-    The component fields are typed by the registry's unions (see the module docstring);
-    `ensure_schema` keeps them current.
+    The component fields are validated against the registry (see the module docstring).
     """
 
     name: str = Field("campaign", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -152,7 +167,8 @@ class CampaignConfig(Strict):
     objective: ObjectiveConfig = ObjectiveConfig()
     bandit: GeneratorBanditConfig | None = Field(
         default_factory=lambda: GeneratorBanditConfig(min_share=0.2),
-        description="share proposals among generators by DFT-confirmed hits; null: n_per_round each")
+        description="share proposals among generator arms by DFT-confirmed hits; null: n_per_round each")
+    composition_first: CompositionFirstConfig = CompositionFirstConfig()
     execution: ExecutionConfig = ExecutionConfig()
     tracking: TrackingConfig = TrackingConfig()
 
@@ -176,23 +192,11 @@ class CampaignConfig(Strict):
                 ("surrogate", self.surrogate), ("mlip", self.mlip), ("dft", self.dft), ("policy", self.policy)]
 
 
-_schema = registry.SchemaUnions([CampaignConfig], {
-    "GeneratorConfig": ("generator", None),
-    "SurrogateConfig": ("surrogate", DEFAULT_KINDS["surrogate"]),
-    "MLIPConfig": ("mlip", DEFAULT_KINDS["mlip"]),
-    "DFTConfig": ("dft", DEFAULT_KINDS["dft"]),
-    "PolicyConfig": ("policy", DEFAULT_KINDS["policy"]),
-})
-#: Rebuild `CampaignConfig`'s component unions when the registry changed since the last build.
-ensure_schema = _schema.ensure
-
-
 # ----------------------------------------------------------------------------- loading
 
 
 def validate_config(raw: dict[str, Any], source: str = "<config>") -> CampaignConfig:
     """Validate a raw campaign mapping (paths are taken as they are; see `load_config`)."""
-    ensure_schema()
     return validate(CampaignConfig, raw, source)
 
 
@@ -255,6 +259,3 @@ def _check_model_folders(config: CampaignConfig, source: str) -> None:
 
 def config_to_yaml(config: CampaignConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-ensure_schema()

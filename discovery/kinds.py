@@ -71,6 +71,10 @@ class Kind:
             (``save(path)``); refit-only surrogates such as forests leave it False.
         models: for generators and surrogates, the trainable model families (role ``model``) it
             loads; informational (``discovery kinds``).
+        takes_composition: a generator that proposes structures for ``conditions["composition"]``
+            (a formula), so a campaign can hand it the compositions of a composition model.
+        proposes_compositions: a generator that also offers ``propose_compositions(n, conditions,
+            rng) -> [{"composition": formula, ...}]`` (a composition model).
     """
 
     role: Role
@@ -82,6 +86,8 @@ class Kind:
     fidelity: str | None = None
     checkpoints: bool = False
     models: tuple[str, ...] = ()
+    takes_composition: bool = False
+    proposes_compositions: bool = False
 
     def resolve_factory(self) -> Callable[..., Any]:
         """The factory callable (imports its module when given as a string)."""

@@ -5,8 +5,9 @@ Every kind is a `~discovery.kinds.Kind` declared next to its config model in its
 ``discovery.components`` (each entry point names a `Kind`, or a list or callable returning Kinds);
 a test or notebook may call `register`. Everything else reads this module:
 
-- the campaign schema and the benchmark schema build their discriminated unions from it
-  (`config_union`), so `discovery.config` imports no component module;
+- the campaign schema and the benchmark schema validate their component sections through it
+  (`component_field`, a discriminated union of the registered configs, `config_union`), so
+  `discovery.config` imports no component module;
 - `build` constructs a component from its config inside a worker;
 - ``discovery train NAME`` lists and runs the trainers of role ``model`` (`trainer`);
 - the contract tests are parametrised over `kinds`.
@@ -230,30 +231,40 @@ def config_union(role: str, default: str | None = None) -> Any:
                      WrapValidator(_strip_tags(role_kinds))]
 
 
-class SchemaUnions:
-    """Keeps pydantic models whose fields are typed by registry unions current.
+_adapters: dict[tuple[str, str | None], tuple[int, Any]] = {}
 
-    The models annotate those fields with forward references (``generators: list[GeneratorConfig]``);
-    `ensure` (re)builds every model, in the given order (nested models first), whenever the registry
-    changed since the last build.
 
-    Args:
-        models: the models to rebuild, inner ones first.
-        unions: forward-reference name -> (role, default kind or None).
+def _adapter(role: str, default: str | None) -> Any:
+    """A cached ``TypeAdapter`` of `config_union` (rebuilt when the registry changes)."""
+    from pydantic import TypeAdapter
+
+    key = (role, default)
+    cached = _adapters.get(key)
+    if cached is None or cached[0] != generation():
+        cached = (generation(), TypeAdapter(config_union(role, default)))
+        _adapters[key] = cached
+    return cached[1]
+
+
+def component_field(role: str, default: str | None = None) -> Any:
+    """A pydantic field type that validates a component config of ``role`` against the registry
+    *at validation time*, so kinds registered after the schema was defined (plugins, tests) are
+    accepted; errors keep the user's key path (``generators.0.n_per_round``).
+
+    ``default``: the kind assumed when the mapping names none.
     """
 
-    def __init__(self, models: list[type[BaseModel]], unions: dict[str, tuple[str, str | None]]):
-        self.models = models
-        self.unions = unions
-        self._built_for = -1
+    def validate(value: Any, handler: Any) -> Any:
+        if isinstance(value, BaseModel) and any(type(value) is k.config for k in kinds(role).values()):
+            return value
+        return _adapter(role, default).validate_python(value)
 
-    def ensure(self) -> None:
-        if self._built_for == generation():
-            return
-        namespace = {name: config_union(role, default) for name, (role, default) in self.unions.items()}
-        for model in self.models:
-            model.model_rebuild(force=True, _types_namespace=namespace)
-        self._built_for = generation()
+    def serialize(value: Any) -> Any:
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+    from pydantic import PlainSerializer
+
+    return Annotated[Any, WrapValidator(validate), PlainSerializer(serialize)]
 
 
 def validate_component(role: str, raw: Any, source: str, where: str, default: str | None = None) -> BaseModel:
@@ -262,11 +273,9 @@ def validate_component(role: str, raw: Any, source: str, where: str, default: st
     Raises:
         ConfigError: one line naming ``source`` and ``where``.
     """
-    from pydantic import TypeAdapter
-
     from discovery.configbase import format_validation_error
 
     try:
-        return TypeAdapter(config_union(role, default)).validate_python(raw)
+        return _adapter(role, default).validate_python(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc, where)) from None

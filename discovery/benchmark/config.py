@@ -8,7 +8,7 @@ the shared data.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -18,11 +18,10 @@ from discovery.configbase import Strict, apply_overrides, read_yaml_mapping, val
 from discovery.errors import ConfigError
 from discovery.objective import Objective
 
-if TYPE_CHECKING:  # at run time these names are the registry's unions (`_schema`)
-    PolicyConfig = SurrogateConfig = Any
-
 #: The surrogate a benchmark fits when it names none (refit every batch, seconds per fit).
 DEFAULT_SURROGATE = "forest"
+PolicyConfig = registry.component_field("policy", "ucb")
+SurrogateConfig = registry.component_field("surrogate", DEFAULT_SURROGATE)
 
 
 class TableConfig(Strict):
@@ -118,15 +117,8 @@ class BenchmarkConfig(Strict):
         return next(p.label for p in self.policies if p.policy.kind == "random")
 
 
-_schema = registry.SchemaUnions([PolicyEntry, BenchmarkConfig], {
-    "PolicyConfig": ("policy", "ucb"),
-    "SurrogateConfig": ("surrogate", DEFAULT_SURROGATE),
-})
-
-
 def validate_model(model: type[BaseModel], raw: dict[str, Any], source: str):
-    """Validate a benchmark or tune file's mapping (component unions current)."""
-    _schema.ensure()
+    """Validate a benchmark or tune file's mapping (one `ConfigError` line on failure)."""
     return validate(model, raw, source)
 
 
@@ -164,6 +156,3 @@ def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) 
     raw = apply_overrides(read_yaml_mapping(path, "benchmark"), overrides, str(path))
     config = validate_model(BenchmarkConfig, raw, str(path))
     return config.model_copy(update={"table": resolve_table(config.table, path.parent, str(path))})
-
-
-_schema.ensure()

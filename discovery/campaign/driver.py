@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from discovery.build import ComponentSpec
-from discovery.campaign.allocation import proposal_quotas
+from discovery.campaign.allocation import campaign_arms, proposal_quotas
 from discovery.campaign.scoring import OBJECTIVE_PROPERTY, policy_context, posterior, predict_ehull
 from discovery.campaign.screening import RoundStats, screen
 from discovery.campaign_state import CampaignState
@@ -88,6 +88,7 @@ class Campaign:
         self.reporter = reporter or Reporter()
         self.generators = [name for name in components if name.startswith("generator:")]
         self.labels = {name: name.split(":", 1)[1] for name in self.generators}
+        self.arms = campaign_arms({n: components[n] for n in self.generators}, config.composition_first)
         self.state = CampaignState(dft_fingerprint=dft.extra["fingerprint"], dft_fidelity=dft.extra["fidelity"],
                                    hit_threshold=config.objective.hit_e_above_hull_ev,
                                    references=set(self.references))
@@ -222,18 +223,14 @@ class Campaign:
         self._members, self._mlip_ehull = {}, {}
         self._learn(rnd, hull)
 
-        # propose: the bandit shares the proposal budget among generators by DFT-confirmed hits
-        fixed = {name: self.components[name].config.n_per_round for name in self.generators}
-        quotas = proposal_quotas(bandit_config=self.config.bandit, labels=self.labels, fixed=fixed, state=self.state,
-                                 hits=self._hits, rng=self._rng(rnd, 3), rnd=rnd, tracker=self.tracker,
-                                 ledger=self.ledger)
-        calls = [(name, "propose", (quotas[name], {"round": rnd}, self._rng(rnd, 100 + i)))
-                 for i, name in enumerate(self.generators) if quotas[name] > 0]
-        self.reporter.status(f"round {rnd}: proposing with {len(calls)} generator(s): "
-                             + ", ".join(f"{self.labels[n]} {q}" for n, q in quotas.items()))
-        proposed = [c.model_copy(update={"round": rnd, "generator": self.labels[name]})
-                    for (name, _, _), batch in zip(calls, self.executor.call_many(calls), strict=True)
-                    for c in batch]
+        # propose: the bandit shares the proposal budget among (generator, condition) arms by hits
+        quotas = proposal_quotas(arms=self.arms, n_per_round={n: self.components[n].config.n_per_round
+                                                              for n in self.generators},
+                                 bandit_config=self.config.bandit, state=self.state, hits=self._hits,
+                                 rng=self._rng(rnd, 3), rnd=rnd, tracker=self.tracker, ledger=self.ledger)
+        self.reporter.status(f"round {rnd}: proposing with {sum(q > 0 for q in quotas.values())} arm(s): "
+                             + ", ".join(f"{a} {q}" for a, q in quotas.items()))
+        proposed = self._propose(rnd, quotas)
         stats.proposed = len(proposed)
 
         # filter
@@ -292,6 +289,44 @@ class Campaign:
             f"by {selection.policy} in {time.time() - t0:.0f} s")
         if not selection.candidate_ids:
             self._round_finished(rnd)
+
+    def _propose(self, rnd: int, quotas: dict[str, int]) -> list[Candidate]:
+        """Ask every arm with a quota for candidates (in parallel where the executor can); a
+        composition-first arm asks its composition model for formulas first and spreads its quota
+        over them. Candidates are stamped with their round, generator label and arm."""
+        calls, arms = [], []
+        for j, arm in enumerate(self.arms):
+            quota = quotas.get(arm.name, 0)
+            if quota <= 0:
+                continue
+            # the generator's own arm keeps the stream it has always had; other arms get their own
+            stream = 100 + self.generators.index(arm.generator) if not (arm.conditions or arm.composition_model) \
+                else 1000 + j
+            rng = self._rng(rnd, stream)
+            if arm.composition_model is None:
+                calls.append((arm.generator, "propose", (quota, {"round": rnd, **arm.conditions}, rng)))
+                arms.append(arm)
+                continue
+            cfg = self.config.composition_first
+            found = self.executor.call(arm.composition_model, "propose_compositions",
+                                       min(quota, cfg.compositions_per_arm), {"round": rnd}, rng)
+            model = self.labels[arm.composition_model]
+            for k, comp in enumerate(found):
+                n = quota // len(found) + (k < quota % len(found))
+                if n:
+                    info = {key: comp[key] for key in ("target_formation_energy_ev",) if key in comp}
+                    calls.append((arm.generator, "propose", (n, {"round": rnd, "composition": comp["composition"],
+                                                                 "composition_model": model, **info}, rng)))
+                    arms.append(arm)
+        out = []
+        for arm, batch in zip(arms, self.executor.call_many(calls), strict=True):
+            label = self.labels[arm.generator]
+            for c in batch:
+                conditions = {**c.conditions, "arm": arm.name}
+                if arm.composition_model is not None:
+                    conditions.setdefault("structure_generator", label)
+                out.append(c.model_copy(update={"round": rnd, "generator": label, "conditions": conditions}))
+        return out
 
     def _learn(self, rnd: int, hull: Hull) -> None:
         """Refit the surrogate on every DFT label and tell generators what DFT confirmed."""

@@ -82,9 +82,17 @@ class ICSG3DGeneratorConfig(TrainedModelFields):
     mode: Literal["random", "targeted"] = "targeted"
     target_decile: int | None = Field(
         None, ge=0, description="condition decile to sample; default: the lowest (most stable) one")
+    decile_arms: list[int] | None = Field(
+        None, description="deciles the campaign's bandit treats as separate arms (icsg3d|decile=k); "
+                          "default: one arm, the generator's own target")
     latent_scale: float = Field(0.5, gt=0, description="std of targeted samples around a base's latent mean")
     fine_tune_epochs: int = Field(0, ge=0, description="VAE epochs on confirmed hits after each update (0: off)")
     restrict_species: bool = Field(True, description="decode only the campaign's elements")
+
+
+    def condition_arms(self) -> list[dict[str, Any]]:
+        """The (generator, condition) arms this generator offers a campaign's bandit."""
+        return [{"decile": d} for d in self.decile_arms] if self.decile_arms else [{}]
 
 
 def build(config: ICSG3DGeneratorConfig, context: BuildContext) -> ICSG3DGenerator:

@@ -113,7 +113,7 @@ def build(config: RandomSymmetricGeneratorConfig, context: BuildContext) -> Rand
 
 
 KIND = Kind(role="generator", name="random_symmetric", config=RandomSymmetricGeneratorConfig,
-            factory="discovery.generators.random_symmetric:build",
+            factory="discovery.generators.random_symmetric:build", takes_composition=True,
             summary="random symmetric structures (pyxtal) of charge-balanced compositions")
 
 

@@ -120,7 +120,7 @@ def build(config: SubstitutionGeneratorConfig, context: BuildContext) -> Substit
 
 
 KIND = Kind(role="generator", name="substitution", config=SubstitutionGeneratorConfig,
-            factory="discovery.generators.substitution:build",
+            factory="discovery.generators.substitution:build", takes_composition=True,
             summary="ion substitution on known structures (pymatgen substitution probabilities)")
 
 
@@ -263,8 +263,21 @@ class SubstitutionGenerator:
         child.scale_lattice(parent.structure.volume * new_vol / old_vol)
         return child
 
+    def _for_composition(self, n: int, conditions: dict[str, Any]) -> list[Candidate]:
+        """The prototypes of matching stoichiometry decorated with ``conditions["composition"]``
+        (a composition-first proposal; `discovery.generators.composition_structures`)."""
+        from discovery.generators.composition_structures import prototype_structures
+        from discovery.structures import make_candidate
+
+        out = []
+        for structure, label in prototype_structures(str(conditions["composition"]), self.max_atoms)[:n]:
+            cond = {**conditions, "structure_generator": label}
+            out.append(make_candidate(structure, self.name, self.version, conditions=cond))
+        return out
+
     def propose(self, n: int, conditions: dict[str, Any], rng: np.random.Generator) -> list[Candidate]:
-        """Up to ``n`` distinct children of known (or ``conditions["parents"]``) structures.
+        """Up to ``n`` distinct children of known (or ``conditions["parents"]``) structures; with
+        ``conditions["composition"]``, prototypes of that composition's stoichiometry instead.
 
         Args:
             n: number of children wanted.
@@ -277,6 +290,8 @@ class SubstitutionGenerator:
         """
         from discovery.structures import make_candidate
 
+        if conditions.get("composition"):
+            return self._for_composition(n, conditions)
         pool_cands = list(conditions.get("parents") or self._known.values())
         parents = [p for p in (self._parent(c) for c in pool_cands) if p is not None]
         if not parents or n <= 0:
