@@ -150,10 +150,11 @@ class CampaignConfig(Strict):
     The component fields are validated against the registry (see the module docstring).
     """
 
-    name: str = Field("campaign", pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
-    rounds: int = Field(3, ge=1)
-    dft_per_round: int = Field(4, ge=1)
+    name: str = Field("campaign", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$",
+                      description="a folder name: letters, digits, _ . - (not starting with a dot)")
+    seed: int = Field(0, ge=0, lt=2**63)
+    rounds: int = Field(3, ge=1, le=100_000)
+    dft_per_round: int = Field(4, ge=1, le=100_000)
     chemistry: ChemistryConfig = ChemistryConfig()
     data: DataConfig = DataConfig()
     generators: list[GeneratorConfig] = Field(

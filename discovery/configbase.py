@@ -20,6 +20,60 @@ from discovery.errors import ConfigError
 #: The longest piece of user input an error message quotes (a value can be huge: a YAML alias
 #: bomb, a pasted file).
 MAX_QUOTED_CHARS = 80
+#: Bounds on what a config file may expand to: bytes read, YAML nodes built (aliases count every
+#: time they are used, so an alias bomb stops here) and nesting depth.
+MAX_CONFIG_BYTES = 2_000_000
+MAX_YAML_NODES = 200_000
+MAX_YAML_DEPTH = 64
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and documents that expand beyond
+    `MAX_YAML_NODES` nodes or `MAX_YAML_DEPTH` levels (alias bombs), before anything is built."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._nodes = 0
+
+    def construct_document(self, node: Any) -> Any:
+        self._check(node, 0, set())
+        return super().construct_document(node)
+
+    def _check(self, node: Any, depth: int, active: set[int]) -> None:
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"expands to more than {MAX_YAML_NODES:,} values (an alias bomb?)")
+        if depth > MAX_YAML_DEPTH:
+            raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        if id(node) in active:
+            raise yaml.YAMLError("a recursive alias")
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        line = key.start_mark.line + 1
+                        raise yaml.YAMLError(f"duplicate key {quote(key.value)} at line {line}")
+                    seen.add(key.value)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            active.add(id(node))
+            for child in node.value:
+                for sub in child if isinstance(child, tuple) else (child,):
+                    self._check(sub, depth + 1, active)
+            active.discard(id(node))
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with `_BoundedLoader`'s limits (duplicate keys, alias bombs, depth).
+
+    Raises:
+        yaml.YAMLError: the text breaks one of the limits or is not YAML.
+    """
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class Strict(BaseModel):
@@ -124,9 +178,10 @@ def parse_overrides(overrides: list[str] | None, source: str = "--set") -> list[
             raise ConfigError(f"{source}: --set {quote(item)}: expected key.path=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: --set {key}: value is not valid YAML ({exc.problem})") from None
+            raise ConfigError(f"{source}: --set {key}: value is not valid YAML "
+                              f"({getattr(exc, 'problem', None) or exc})") from None
         parsed.append((key.strip(), value))
     return parsed
 
@@ -145,12 +200,14 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     source = str(path)
     if not path.is_file():
         raise ConfigError(f"{source}: {what} file not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {path.stat().st_size:,} bytes; a {what} file is at most {MAX_CONFIG_BYTES:,}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{source}: malformed YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{source}: not a text file") from None
     if raw is None:

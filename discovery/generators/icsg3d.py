@@ -78,7 +78,7 @@ class ICSG3DGeneratorConfig(TrainedModelFields):
     training_model: ClassVar[type] = ICSG3DConfig
 
     kind: Literal["icsg3d"] = "icsg3d"
-    n_per_round: int = Field(20, ge=1)
+    n_per_round: int = Field(20, ge=1, le=100_000)
     mode: Literal["random", "targeted"] = "targeted"
     target_decile: int | None = Field(
         None, ge=0, description="condition decile to sample; default: the lowest (most stable) one")

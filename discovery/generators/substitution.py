@@ -108,7 +108,7 @@ class SubstitutionGeneratorConfig(Strict):
     """Ion substitution on known structures, weighted by pymatgen substitution probabilities."""
 
     kind: Literal["substitution"] = "substitution"
-    n_per_round: int = Field(40, ge=1)
+    n_per_round: int = Field(40, ge=1, le=100_000)
     max_substitutions: int = Field(2, ge=1, description="sites species swapped per child")
     hit_weight: float = Field(4.0, ge=1.0, description="sampling weight of DFT hits as parents (others: 1)")
     decile_weight: float = Field(

@@ -67,13 +67,22 @@ def test_overrides_apply_before_validation(tmp_path):
     ("- a\n- b\n", "expected a mapping"),
     ("chemistry: {elements: [K, Cl], reference_phases: [{formula: NaCl, prototype: rocksalt}]}\n",
      "outside chemistry.elements"),
+    ("rounds: 3\nseed: 1\nrounds: 4\n", "duplicate key 'rounds' at line 3"),
+    ("name: ..\n", "name: String should match pattern"),
+    ("rounds: 1000000000\n", "rounds: Input should be less than or equal to 100000"),
+    ("generators: [{kind: substitution, n_per_round: 100000000}]\n", "generators.0.n_per_round: Input should be less"),
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\nrounds: *f\n",
+     "more than 200,000 values"),
+    ("rounds: &r [1, 2]\nseed: &s [*r, *r]\nname: [*s, *s, *s]\n", "name: Input should be a valid string"),
 ])
 def test_bad_input_gives_one_line_naming_file_and_key(tmp_path, text, expected):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
         load_config(path)
     msg = str(err.value)
-    assert "\n" not in msg
+    assert "\n" not in msg and len(msg) < 300 + len(str(path))
     assert msg.startswith(str(path))
     assert expected in msg
 
