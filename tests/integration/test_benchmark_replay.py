@@ -164,7 +164,7 @@ def _repo():
 
 
 BAD = {
-    "no_random": ("policies: [{kind: ucb}]", "policies: Value error, must include {kind: random}"),
+    "no_random": ("policies: [{kind: ucb}]", "policies: must include {kind: random}"),
     "unknown_key": ("policies: [{kind: random}, {kind: ucb, kapa: 1}]", "unknown key"),
     "bad_bound": ("objectives: [{name: x, bounds: [{property: heat}]}]", "a bound needs min, max or both"),
     "missing_table": ("table: {cdvae_csv: nowhere/none.csv}", "table.cdvae_csv: file not found"),
