@@ -18,8 +18,8 @@ TINY = ["grid=32", "n_rotations=1", "n_deciles=4", "condition_property=heat_ref"
 #: targeted samples (z ~ N(mu_base, 0.1^2)) are valid crystals, so tests can follow ICSG3D
 #: proposals into DFT (about 2 minutes on 2 cores).
 MEMORIZE = [*[t for t in TINY if not t.startswith(("unet.", "vae."))],
-            "unet.widths=[[4, 8], [8, 8], [8, 16]]", "unet.bottom=16", "unet.epochs=60", "unet.batch_size=4",
-            "unet.lr=0.003", "vae.filters=[4, 8, 8, 16]", "vae.latent=8", "vae.dense=8", "vae.epochs=150",
+            "unet.widths=[[4, 8], [8, 8], [8, 16]]", "unet.bottom=16", "unet.epochs=40", "unet.batch_size=4",
+            "unet.lr=0.003", "vae.filters=[4, 8, 8, 16]", "vae.latent=8", "vae.dense=8", "vae.epochs=100",
             "vae.batch_size=4", "vae.lr=0.003"]
 MEMORIZE_N = 8
 
