@@ -13,6 +13,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,10 +22,14 @@ import ray
 from discovery.actors.cluster import connect
 from discovery.actors.workers import SINGLE_THREAD_ENV, ComponentActor, DFTActor
 from discovery.build import ComponentSpec
+from discovery.errors import InfrastructureError
 from discovery.executor import DFTResultQueue
 from discovery.records import Candidate, Evaluation, failed_evaluation
 
 log = logging.getLogger(__name__)
+
+#: Attempts of a component call whose actor is unreachable (restarting after a lost node).
+CALL_ATTEMPTS = 4
 
 
 class RayExecutor(DFTResultQueue):
@@ -36,10 +41,12 @@ class RayExecutor(DFTResultQueue):
         num_cpus: CPUs of a local instance (default: all of this machine).
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, execution: Any = None):
         super().__init__()
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
+        self.execution = execution
+        self._crash: BaseException | None = None
         self.dft_slots = 0
         self._actors: dict[str, Any] = {}
         self._dft_actors: list[Any] = []
@@ -53,23 +60,61 @@ class RayExecutor(DFTResultQueue):
     # ---------------------------------------------------------------- lifecycle
 
     def start(self, components: dict[str, ComponentSpec], dft: ComponentSpec, dft_slots: int) -> None:
+        wanted = getattr(self.execution, "dft_resource", "auto")
+        local = {"resources": {wanted if wanted not in (None, "auto") else "dft": dft_slots}}
         self._started_ray = connect(self.address, self.num_cpus or max(dft_slots, os.cpu_count() or 1),
-                                    resources={"dft": dft_slots}) or self._started_ray
-        dft_resources = {"dft": 1} if ray.cluster_resources().get("dft", 0) >= 1 else {}
-        # a component configured for CUDA (``device: cuda``) gets a GPU; the rest share the CPUs
-        self._actors = {
-            name: ComponentActor.options(num_cpus=0, num_gpus=1 if getattr(spec.config, "device", "cpu") == "cuda"
-                                         else 0, runtime_env=SINGLE_THREAD_ENV).remote(spec)
-            for name, spec in components.items()
-        }
-        self._dft_actors = [
-            DFTActor.options(num_cpus=1, resources=dft_resources, runtime_env=SINGLE_THREAD_ENV).remote(dft)
-            for _ in range(dft_slots)
-        ]
+                                    **local) or self._started_ray
+        if wanted == "auto":
+            wanted = "dft" if ray.cluster_resources().get("dft", 0) >= 1 else None
+        self._actors = {name: ComponentActor.options(**self._placement(name, spec)).remote(spec)
+                        for name, spec in components.items()}
+        self._dft_options = self._placement("dft", dft)
+        if wanted:
+            self._dft_options["resources"] = {**self._dft_options.get("resources", {}), wanted: 1}
+        memory_gb = getattr(dft.config, "memory_gb", None)
+        if memory_gb and "memory" not in self._dft_options:
+            self._dft_options["memory"] = int(memory_gb * 1024**3)
+        self._dft_actors = [DFTActor.options(**self._dft_options).remote(dft) for _ in range(dft_slots)]
         self._dft_spec = dft
         self.dft_slots = dft_slots
         self._thread = threading.Thread(target=self._dispatch, name="dft-dispatcher", daemon=True)
         self._thread.start()
+
+    def _placement(self, name: str, spec: ComponentSpec) -> dict[str, Any]:
+        """Ray actor options of one component from ``execution.resources`` (see
+        `discovery.config.ExecutionConfig`): its own entry, else ``generators`` for a generator,
+        else CPU-light defaults; ``device: cuda`` asks for a GPU."""
+        table = getattr(self.execution, "resources", None) or {}
+        label = name.split(":", 1)[-1]
+        res = table.get(label) or table.get(name) or (table.get("generators") if name.startswith("generator:") else None)
+        options: dict[str, Any] = {"num_cpus": 1 if name == "dft" else 0, "runtime_env": SINGLE_THREAD_ENV}
+        if getattr(spec.config, "device", "cpu") == "cuda":
+            options["num_gpus"] = 1
+        elif name != "dft" and res is None:
+            # CPU-light components stay on the driver's node (soft), so losing a DFT node never
+            # takes a generator or the surrogate with it
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                node_id=ray.get_runtime_context().get_node_id(), soft=True)
+        if res is not None:
+            options.update(num_cpus=res.num_cpus, num_gpus=res.num_gpus or options.get("num_gpus", 0))
+            if res.memory_gb:
+                options["memory"] = int(res.memory_gb * 1024**3)
+            if res.custom:
+                options["resources"] = dict(res.custom)
+        return options
+
+    def completed(self, timeout_s: float) -> list[Evaluation]:
+        """Finished evaluations (see `DFTResultQueue`).
+
+        Raises:
+            InfrastructureError: the dispatcher thread died; the campaign stops with its cause
+                instead of waiting for results that will never come.
+        """
+        if self._crash is not None:
+            raise InfrastructureError(f"the DFT dispatcher stopped: {type(self._crash).__name__}: {self._crash}")
+        return super().completed(timeout_s)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -87,11 +132,34 @@ class RayExecutor(DFTResultQueue):
     # ---------------------------------------------------------------- components
 
     def call(self, name: str, method: str, *args: Any) -> Any:
-        return ray.get(self._actors[name].call.remote(method, *args))
+        return self.call_many([(name, method, args)])[0]
 
     def call_many(self, calls: Sequence[tuple[str, str, tuple]]) -> list[Any]:
-        refs = [self._actors[name].call.remote(method, *args) for name, method, args in calls]
-        return ray.get(refs)
+        """Run component methods in parallel. A call whose actor is briefly unreachable (its node
+        went away and Ray is restarting it) is sent again, up to `CALL_ATTEMPTS` times.
+
+        Raises:
+            InfrastructureError: an actor stayed unreachable or died for good (one line).
+        """
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(1, CALL_ATTEMPTS + 1):
+            refs = {i: self._actors[calls[i][0]].call.remote(calls[i][1], *calls[i][2]) for i in todo}
+            failed = []
+            for i, ref in refs.items():
+                try:
+                    results[i] = ray.get(ref)
+                except (ray.exceptions.ActorUnavailableError, ray.exceptions.ActorDiedError) as exc:
+                    if attempt == CALL_ATTEMPTS:
+                        raise InfrastructureError(f"component {calls[i][0]} is unreachable after {attempt} attempts "
+                                                  f"({type(exc).__name__})") from None
+                    log.warning("component %s unreachable (%s); calling again", calls[i][0], type(exc).__name__)
+                    failed.append(i)
+            if not failed:
+                break
+            todo = failed
+            time.sleep(min(2.0 * attempt, 10.0))
+        return results
 
     # ---------------------------------------------------------------- DFT pool
 
@@ -102,6 +170,13 @@ class RayExecutor(DFTResultQueue):
         self._wake.set()
 
     def _dispatch(self) -> None:
+        try:
+            self._dispatch_loop()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by `completed`, never swallowed
+            log.error("DFT dispatcher crashed: %s: %s", type(exc).__name__, exc)
+            self._crash = exc
+
+    def _dispatch_loop(self) -> None:
         idle = list(self._dft_actors)
         running: dict[Any, tuple[Any, Candidate]] = {}
         while not self._stop.is_set():
@@ -122,8 +197,8 @@ class RayExecutor(DFTResultQueue):
                 except Exception as exc:  # noqa: BLE001 - actor lost beyond its restarts
                     log.warning("DFT actor lost while evaluating %s: %s", cand.id, exc)
                     self._done.put(self._lost(cand, exc))
-                    replacement = DFTActor.options(num_cpus=1, runtime_env=SINGLE_THREAD_ENV).remote(
-                        self._dft_spec)
+                    # the same placement as the actor it replaces: the dft resource, memory, CPUs
+                    replacement = DFTActor.options(**self._dft_options).remote(self._dft_spec)
                     self._dft_actors.append(replacement)
                     idle.append(replacement)
 

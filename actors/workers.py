@@ -39,4 +39,7 @@ class DFTActor:
         self.oracle = build_component(spec)
 
     def evaluate(self, candidate: Candidate) -> Evaluation:
-        return guarded_evaluate(self.oracle, candidate)
+        """The whole evaluation travels back as the task's result (energies, relaxed structure,
+        failure), tagged with the Ray node that computed it; nothing is read from a shared disk."""
+        ev = guarded_evaluate(self.oracle, candidate)
+        return ev.model_copy(update={"extra": {**ev.extra, "ray_node": ray.get_runtime_context().get_node_id()}})

@@ -24,7 +24,9 @@ class CampaignState:
         dft_fingerprint, dft_fidelity: the DFT settings whose results count (others are ignored).
         references: ids of the reference candidates (elements, reference phases).
         candidates: every candidate recorded, by id.
-        dft: DFT evaluations of the campaign's settings, by candidate id, in arrival order.
+        dft: DFT evaluations of the campaign's settings, by candidate id, in arrival order (the
+            latest attempt of each).
+        dft_attempts: every DFT evaluation record of the campaign's settings, retries included.
         mlip: MLIP evaluations, by candidate id.
         submitted: candidate id -> round it was submitted to DFT in (-1: references).
         predicted: candidate id -> (mean, std) of the objective when it was selected.
@@ -38,6 +40,7 @@ class CampaignState:
     references: set[str] = field(default_factory=set)
     candidates: dict[str, Candidate] = field(default_factory=dict)
     dft: dict[str, Evaluation] = field(default_factory=dict)
+    dft_attempts: list[Evaluation] = field(default_factory=list)
     mlip: dict[str, Evaluation] = field(default_factory=dict)
     submitted: dict[str, int] = field(default_factory=dict)
     predicted: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -67,6 +70,7 @@ class CampaignState:
         """File an evaluation under DFT or MLIP; False when it belongs to neither (other settings)."""
         if ev.fidelity == self.dft_fidelity and ev.oracle_fingerprint == self.dft_fingerprint:
             self.dft[ev.candidate_id] = ev
+            self.dft_attempts.append(ev)
             return True
         if ev.fidelity == Fidelity.MLIP:
             self.mlip[ev.candidate_id] = ev
@@ -78,6 +82,27 @@ class CampaignState:
     def reference_results(self, evals: dict[str, Evaluation]) -> list[Evaluation]:
         """The successful evaluations of references in ``evals``."""
         return [evals[i] for i in self.references if i in evals and evals[i].ok]
+
+    def attempt_counts(self) -> dict[str, float]:
+        """``dft_attempts`` (evaluation records, retries included), ``dft_retried`` (candidates
+        evaluated more than once), ``nodes_lost`` (attempts lost with their worker or node) and
+        ``dft_repeated`` (calculations that ran to completion more than once for one candidate and
+        settings: from the work folder's run count each result carries, and from successful results
+        recorded twice), all from the ledger."""
+        per_candidate: dict[str, int] = {}
+        ok_per_candidate: dict[str, int] = {}
+        repeated = 0
+        for ev in self.dft_attempts:
+            per_candidate[ev.candidate_id] = per_candidate.get(ev.candidate_id, 0) + 1
+            if ev.ok:
+                ok_per_candidate[ev.candidate_id] = ok_per_candidate.get(ev.candidate_id, 0) + 1
+                repeated += max(0, int(ev.extra.get("runs", 1)) - 1) if not ev.extra.get("reused") else 0
+        repeated += sum(n - 1 for n in ok_per_candidate.values())
+        return {"dft_attempts": len(self.dft_attempts),
+                "dft_retried": sum(1 for n in per_candidate.values() if n > 1),
+                "nodes_lost": sum(1 for ev in self.dft_attempts
+                                  if not ev.ok and ev.failure is not None and ev.failure.error_class == "WorkerLost"),
+                "dft_repeated": repeated}
 
     def candidate_dft(self) -> dict[str, Evaluation]:
         """DFT results of proposed candidates (references excluded), in arrival order."""

@@ -111,11 +111,39 @@ class CompositionFirstConfig(Strict):
     compositions_per_arm: int = Field(3, ge=1, le=100, description="distinct formulas an arm asks for per round")
 
 
+class ResourceConfig(Strict):
+    """What one component's Ray actor asks the cluster for (per DFT slot for ``dft``)."""
+
+    num_cpus: float = Field(0.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory_gb: float | None = Field(None, gt=0, description="memory Ray reserves for the actor")
+    custom: dict[str, float] = Field(default_factory=dict, description="custom Ray resources, e.g. {gpu_node: 1}")
+
+
+def _default_resources() -> dict[str, ResourceConfig]:
+    return {"dft": ResourceConfig(num_cpus=1)}
+
+
 class ExecutionConfig(Strict):
+    """Where work runs: in this process or on Ray (a local instance or a cluster).
+
+    ``resources`` sets what each component's actor asks Ray for, keyed ``dft`` (per slot),
+    ``surrogate``, ``mlip``, ``generators`` (every generator) or a generator's label (``icsg3d``,
+    ``substitution-1``); a component with ``device: cuda`` gets a GPU unless its entry says otherwise.
+    DFT actors also ask for one unit of the custom resource ``dft_resource`` and for the oracle's
+    ``memory_gb``, replacements included, so on a cluster they land only on DFT nodes (which the
+    autoscaler starts when none is up). ``dft_resource: auto`` asks for it when running locally
+    (where the campaign defines it) or when the cluster has it.
+    """
+
     backend: Literal["ray", "local"] = "ray"
     address: str | None = Field(None, description="Ray cluster address; default: a local instance")
     dft_slots: int = Field(2, ge=1, description="concurrent DFT calculations (one CPU each)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance")
+    max_attempts: int = Field(2, ge=1, le=10, description="attempts per DFT calculation when a failure is "
+                              "retryable (a lost worker or node, an out-of-memory kill, a timeout)")
+    dft_resource: str | None = Field("auto", description="custom Ray resource DFT actors ask for; null: none")
+    resources: dict[str, ResourceConfig] = Field(default_factory=_default_resources)
 
 
 class TrackingConfig(Strict):

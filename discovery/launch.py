@@ -242,7 +242,8 @@ def make_executor(config: CampaignConfig, address: str | None):
         return LocalExecutor()
     from discovery.actors.executor import RayExecutor  # the only place the core reaches for Ray
 
-    return RayExecutor(address=address or config.execution.address, num_cpus=config.execution.num_cpus)
+    return RayExecutor(address=address or config.execution.address, num_cpus=config.execution.num_cpus,
+                       execution=config.execution)
 
 
 def run_benchmark_jobs(table, config, address: str | None = None, on_done=None) -> list:

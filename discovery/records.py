@@ -120,7 +120,9 @@ class Evaluation(Record):
 
     Units: energies in eV/atom; structures as pymatgen dicts.
     ``formation_energy_per_atom`` and ``e_above_hull`` are filled by the driver from the
-    campaign's references of the same fidelity (`thermo`), not by the oracle.
+    campaign's references of the same fidelity (`thermo`), not by the oracle. ``attempt`` is set
+    by the driver: a retryable failure (a lost worker, a timeout on a preempted node) is submitted
+    again, and each attempt is its own record.
     """
 
     candidate_id: str
@@ -134,6 +136,7 @@ class Evaluation(Record):
     failure: Failure | None = None
     provenance: Provenance
     extra: dict[str, Any] = Field(default_factory=dict)
+    attempt: int = Field(1, ge=1, description="which submission of this candidate it answers (retries count up)")
 
     _relaxed = field_validator("relaxed_structure")(_plain_json)
 

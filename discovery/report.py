@@ -18,7 +18,6 @@ from discovery.campaign_state import CampaignState
 from discovery.errors import LedgerError
 from discovery.hits import hit_ids, rediscovered
 from discovery.ledger.sqlite import SqliteLedger
-from discovery.oracles.subprocess_runner import count_completed_runs
 from discovery.records import Evaluation
 
 LEDGER_NAME = "ledger.sqlite"
@@ -74,11 +73,9 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
         rounds = [p for _, _, p, _ in ledger.rows("round")]
         n_submitted = ledger.count("submission")
         wall = _wall_s(ledger, running)
-        eval_keys = [k for (k,) in ledger.db.execute("SELECT key FROM records WHERE kind='evaluation'")]
     finally:
         ledger.close()
 
-    dft_fp = state.dft_fingerprint
     refs, dft, candidates = state.references, state.dft, state.candidates
     mlip = [e for i, e in state.mlip.items() if i not in refs]
     cand_dft = state.candidate_dft()
@@ -108,11 +105,7 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
                              r["formation_energy_per_atom"] or 0.0))
     threshold = state.hit_threshold
 
-    # a calculation is repeated when its work folder logged more than one completed run, or when
-    # the ledger holds two results for the same (candidate, settings) key
-    work = out_dir / "work" / "dft" / str(dft_fp)
-    repeated = sum(max(0, count_completed_runs(d) - 1) for d in work.iterdir()) if work.is_dir() else 0
-    repeated += len(eval_keys) - len(set(eval_keys))
+    attempts = state.attempt_counts()  # from the ledger alone: work folders may sit on other nodes
 
     slots = meta.get("dft_slots", 1)
     busy = sum(e.provenance.wall_s for e in dft.values() if not e.extra.get("reused"))
@@ -132,7 +125,7 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
         "dft_references_completed": sum(1 for i in refs if i in dft and dft[i].ok),
         "dft_references_failed": sum(1 for i in refs if i in dft and not dft[i].ok),
         "dft_unique_structures": unique,
-        "dft_repeated": repeated,
+        **attempts,
         "hits": len(hit_set),
         "hit_e_above_hull_ev": threshold,
         "best": best[:10],

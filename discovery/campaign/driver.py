@@ -92,7 +92,9 @@ class Campaign:
         self.state = CampaignState(dft_fingerprint=dft.extra["fingerprint"], dft_fidelity=dft.extra["fidelity"],
                                    hit_threshold=config.objective.hit_e_above_hull_ev,
                                    references=set(self.references))
-        self._resubmit: list[tuple[int, Candidate]] = []  # unfinished submissions found on resume
+        # unfinished submissions found on resume: (round, attempt, candidate, needs a new submission record)
+        self._resubmit: list[tuple[int, int, Candidate, bool]] = []
+        self._inflight: dict[str, tuple[int, int, Candidate]] = {}  # id -> (round, attempt, submitted candidate)
         self.next_round = 0
         self.round_open: dict[int, set[str]] = {}
         self.surrogate_fitted = False
@@ -141,13 +143,29 @@ class Campaign:
         self.filter.add_known([self.state.relaxed_copy(self.state.candidates[i], e)
                                for i, e in [*self.state.mlip.items(), *self.state.dft.items()]
                                if e.ok and i in self.state.candidates])
-        self._resubmit = [(rnd, Candidate.model_validate(payload["candidate"]))
-                          for _, rnd, payload, _ in self.ledger.rows("submission")
-                          if payload["candidate"]["id"] not in self.state.dft]
+        latest: dict[str, tuple[int, int, Candidate]] = {}
+        for _, rnd, payload, _ in self.ledger.rows("submission"):
+            cand = Candidate.model_validate(payload["candidate"])
+            latest[cand.id] = (rnd, int(payload.get("attempt", 1)), cand)
+        answered = {(e.candidate_id, e.attempt): e for e in self.ledger.evaluations()
+                    if e.fidelity == self.state.dft_fidelity and e.oracle_fingerprint == self.state.dft_fingerprint}
+        self._resubmit = []
+        for cid, (rnd, attempt, cand) in latest.items():
+            ev = answered.get((cid, attempt))
+            if ev is None:  # in flight when the last driver stopped: the same attempt again
+                self._resubmit.append((rnd, attempt, cand, False))
+            elif self._retry(ev, attempt):  # a retryable failure with attempts left
+                self._resubmit.append((rnd, attempt + 1, cand, True))
         if self.state.candidates or self._resubmit:
             self.reporter.status(
                 f"resuming: {len(self.state.dft)} DFT results kept, {len(self._resubmit)} unfinished "
                 f"calculations re-queued, next round {self.next_round}")
+
+    def _retry(self, ev: Evaluation, attempt: int) -> bool:
+        """A failed calculation is submitted again when its failure is retryable (a lost worker or
+        node, an out-of-memory kill, a timeout) and it has attempts left (``execution.max_attempts``)."""
+        return (not ev.ok and ev.failure is not None and ev.failure.retryable
+                and attempt < self.config.execution.max_attempts)
 
     # ================================================================ references
 
@@ -157,9 +175,13 @@ class Campaign:
             if ref.id not in self.state.candidates:
                 self.ledger.add_candidate(ref)
                 self.state.candidates[ref.id] = ref
-        for rnd, cand in self._resubmit:
-            self.round_open.setdefault(rnd, set()).add(cand.id)
-            self.executor.submit_dft(cand)
+        for rnd, attempt, cand, new_attempt in self._resubmit:
+            if new_attempt:
+                self._submit(cand, rnd, attempt)
+            else:
+                self._inflight[cand.id] = (rnd, attempt, cand)
+                self.round_open.setdefault(rnd, set()).add(cand.id)
+                self.executor.submit_dft(cand)
         for ref in self.references.values():
             if ref.id not in self.state.dft and ref.id not in self.state.submitted:
                 self._submit(ref, -1)
@@ -171,10 +193,11 @@ class Campaign:
                 for ev in self.executor.call("mlip", "evaluate_many", todo):
                     self._record_mlip(ev, -1)
 
-    def _submit(self, cand: Candidate, rnd: int) -> None:
-        self.ledger.append("submission", evaluation_key(cand.id, self.state.dft_fingerprint),
-                           {"candidate": cand.model_dump(mode="json")}, rnd)
+    def _submit(self, cand: Candidate, rnd: int, attempt: int = 1) -> None:
+        self.ledger.append("submission", evaluation_key(cand.id, self.state.dft_fingerprint, attempt),
+                           {"candidate": cand.model_dump(mode="json"), "attempt": attempt}, rnd)
         self.state.submitted[cand.id] = rnd
+        self._inflight[cand.id] = (rnd, attempt, cand)
         self.round_open.setdefault(rnd, set()).add(cand.id)
         self.executor.submit_dft(cand)
 
@@ -182,11 +205,18 @@ class Campaign:
 
     def _record(self, evaluations: list[Evaluation]) -> None:
         for ev in evaluations:
-            rnd = self.state.submitted.get(ev.candidate_id, -1)
+            rnd, attempt, submitted = self._inflight.pop(
+                ev.candidate_id, (self.state.submitted.get(ev.candidate_id, -1), 1, None))
+            ev = ev.model_copy(update={"attempt": attempt})
             self.ledger.add_evaluation(ev, rnd)
-            self.state.dft[ev.candidate_id] = ev
             cand = self.state.candidates.get(ev.candidate_id)
             name = cand.formula if cand is not None else ev.candidate_id
+            if submitted is not None and self._retry(ev, attempt):
+                self.reporter.status(f"DFT failed: {name}: {ev.failure.error_class} (retryable); attempt "
+                                     f"{attempt + 1} of {self.config.execution.max_attempts}")
+                self._submit(submitted, rnd, attempt + 1)
+                continue
+            self.state.dft[ev.candidate_id] = ev
             if ev.ok:
                 if cand is not None:  # later proposals must be new after DFT too
                     self.filter.add_known([self.state.relaxed_copy(cand, ev)])

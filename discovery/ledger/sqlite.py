@@ -3,7 +3,8 @@
 The driver is the only writer (enforced with an exclusive lock file); readers such as
 ``discovery status`` open the database read-only while a campaign runs (WAL mode).
 Records are never updated or deleted. ``candidate`` and ``evaluation`` rows are unique by key,
-so writing the same result twice is a no-op (idempotent by ``(candidate_id, oracle_fingerprint)``).
+so writing the same result twice is a no-op (idempotent by ``(candidate_id, oracle_fingerprint,
+attempt)``).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ KINDS = {"meta", "session", "candidate", "round", "selection", "submission", "ev
          "conditions"}
 
 
-def evaluation_key(candidate_id: str, fingerprint: str) -> str:
-    return f"{candidate_id}|{fingerprint}"
+def evaluation_key(candidate_id: str, fingerprint: str, attempt: int = 1) -> str:
+    """The key of a submission and of its result: ``candidate|settings`` for the first attempt,
+    ``candidate|settings|attempt`` for retries."""
+    return f"{candidate_id}|{fingerprint}" if attempt == 1 else f"{candidate_id}|{fingerprint}|{attempt}"
 
 
 class SqliteLedger:
@@ -91,7 +94,7 @@ class SqliteLedger:
         return self.append("candidate", candidate.id, candidate, candidate.round)
 
     def add_evaluation(self, evaluation: Evaluation, round: int = -1) -> bool:
-        key = evaluation_key(evaluation.candidate_id, evaluation.oracle_fingerprint)
+        key = evaluation_key(evaluation.candidate_id, evaluation.oracle_fingerprint, evaluation.attempt)
         return self.append("evaluation", key, evaluation, round)
 
     def add_selection(self, selection: Selection) -> None:

@@ -55,7 +55,7 @@ def evaluation_from_result(candidate: Candidate, result: dict[str, Any], *, orac
                             wall_s=float(result.get("wall_s", 0.0)), cpu_s=float(result.get("cpu_s", 0.0)),
                             **{k: result[k] for k in ("host", "started_at") if k in result})
     info = {k: result[k] for k in ("timings", "kpts", "initial_magmoms", "spin_polarized",
-                                   "setups_version", "reused") if k in result}
+                                   "setups_version", "reused", "runs") if k in result}
     return Evaluation(candidate_id=candidate.id, fidelity=fidelity, oracle=oracle,
                       oracle_fingerprint=fingerprint, status="ok" if ok else "failed",
                       energy_per_atom=float(result["energy_per_atom"]) if ok else None,

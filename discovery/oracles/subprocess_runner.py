@@ -89,6 +89,18 @@ def read_result(workdir: Path) -> dict[str, Any] | None:
         return None
 
 
+def _finished(workdir: Path) -> dict[str, Any] | None:
+    """The folder's result, unless there is none or it is a *retryable* failure: that one is moved
+    aside (``failed-<n>.json``) so a retry computes again instead of reading it back."""
+    done = read_result(workdir)
+    if done is None or done.get("status") == "ok" or not done.get("retryable"):
+        return done
+    n = len(list(Path(workdir).glob("failed-*.json"))) + 1
+    os.replace(Path(workdir) / RESULT, Path(workdir) / f"failed-{n}.json")
+    log.info("%s: earlier attempt failed (%s); computing again", workdir, done.get("error_class"))
+    return None
+
+
 def _append_run(workdir: Path, entry: dict[str, Any]) -> None:
     with open(Path(workdir) / RUNS, "a") as fh:
         fh.write(json.dumps(entry) + "\n")
@@ -169,6 +181,15 @@ def _classify_exit(returncode: int, log_tail: str, memory_gb: float) -> tuple[st
 
 def run_in_subprocess(workdir: Path, module: str, payload: dict[str, Any], timeout_s: float,
                       memory_gb: float, threads: int = 1) -> dict[str, Any]:
+    """`_run` plus ``runs``: how many calculations have run to completion in this folder so far
+    (1 for a calculation done exactly once; the ledger counts repeats from it, wherever the folder
+    lives)."""
+    result = _run(workdir, module, payload, timeout_s, memory_gb, threads)
+    return {**result, "runs": count_completed_runs(workdir)}
+
+
+def _run(workdir: Path, module: str, payload: dict[str, Any], timeout_s: float,
+         memory_gb: float, threads: int = 1) -> dict[str, Any]:
     """Run ``python -m module workdir`` once for this folder and return its result.
 
     Never raises for a failed calculation: timeouts, memory exhaustion and crashes come back as
@@ -191,7 +212,7 @@ def run_in_subprocess(workdir: Path, module: str, payload: dict[str, Any], timeo
     workdir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
 
-    done = read_result(workdir)
+    done = _finished(workdir)
     if done is not None:
         log.debug("%s: reusing finished result", workdir)
         return {**done, "reused": True}
@@ -199,7 +220,7 @@ def run_in_subprocess(workdir: Path, module: str, payload: dict[str, Any], timeo
     if not _wait_for_lock(workdir, deadline):
         return {**failed_result("Timeout", f"waited {timeout_s:.0f} s for the running calculation "
                                 f"in {workdir} (lock held by another process)"), "reused": False}
-    done = read_result(workdir)
+    done = _finished(workdir)
     if done is not None:
         return {**done, "reused": True}
 
