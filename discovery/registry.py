@@ -40,6 +40,8 @@ BUILTIN: tuple[str, ...] = (
     "discovery.generators.substitution:KIND",
     "discovery.generators.random_symmetric:KIND",
     "discovery.generators.icsg3d:KIND",
+    "discovery.generators.crystal_gan:KIND",
+    "discovery.generators.composition_gan:KINDS",
     # surrogates
     "discovery.surrogates.cgcnn_config:KIND",
     "discovery.surrogates.forest:KIND",
@@ -51,6 +53,8 @@ BUILTIN: tuple[str, ...] = (
     "discovery.policies.configs:KINDS",
     # trainable model families (`discovery train NAME`)
     "discovery.models.icsg3d.kind:MODEL_KIND",
+    "discovery.models.crystal_gan.kind:MODEL_KIND",
+    "discovery.models.composition_gan.kind:MODEL_KINDS",
 )
 
 #: The key that names a component's kind in a config file, per role.

@@ -99,3 +99,48 @@ def test_a_node_lost_mid_calculation_loses_and_repeats_nothing(cluster, tmp_path
     assert status["dft_repeated"] == 0
     # the calculations in flight when the node went away finished, on the nodes that were left
     assert in_flight and all(final[cid]["extra"]["ray_node"] != doomed.node_id for cid in in_flight)
+
+
+def test_a_campaign_with_no_dft_nodes_scales_them_up(tmp_path, monkeypatch):
+    """The fake multi-node autoscaler (`ray.cluster_utils.AutoscalingCluster`) starts DFT nodes on
+    demand: the campaign starts with none, asks for the ``dft`` resource, and finishes on the nodes
+    the autoscaler started."""
+    import os
+    import sys
+
+    import ray
+    from ray.cluster_utils import AutoscalingCluster
+
+    class FakeAutoscalingCluster(AutoscalingCluster):
+        """Ray's fake multi-node provider; its wheel lacks the example file the base class reads,
+        so the whole autoscaler config is written here."""
+
+        def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **config_kwargs):
+            return {"cluster_name": "fake_multinode", "max_workers": 4, "head_node_type": "ray.head.default",
+                    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
+                                 "disable_node_updaters": True, "disable_launch_config_check": True},
+                    "available_node_types": {**worker_node_types, "ray.head.default": {
+                        "resources": head_resources, "node_config": {}, "max_workers": 0}},
+                    "auth": {}, "upscaling_speed": 1.0, "idle_timeout_minutes": 1, "docker": {},
+                    **{k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands",
+                                       "worker_setup_commands", "head_start_ray_commands",
+                                       "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",
+                                       "rsync_filter")},
+                    "file_mounts": {}, "file_mounts_sync_continuously": False}
+
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")  # `ray start`
+    cluster = FakeAutoscalingCluster(head_resources={"CPU": 1}, worker_node_types={
+        "dft_node": {"resources": {"CPU": 1, "dft": 1, "memory": 2 * 1024**3}, "node_config": {}, "min_workers": 0,
+                     "max_workers": 2}})
+    cluster.start()
+    try:
+        ray.init("auto")
+        head = ray.get_runtime_context().get_node_id()
+        assert ray.cluster_resources().get("dft", 0) == 0  # no DFT node yet
+        run(campaign(tmp_path, rounds=1), tmp_path / "out", "auto")
+        evs = evaluations(tmp_path / "out")
+        assert len(evs) >= 3 and all(e["status"] == "ok" for e in evs)
+        assert head not in {e["extra"]["ray_node"] for e in evs}  # computed on nodes started for it
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
