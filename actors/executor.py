@@ -71,9 +71,6 @@ class RayExecutor(DFTResultQueue):
         self._dft_options = self._placement("dft", dft)
         if wanted:
             self._dft_options["resources"] = {**self._dft_options.get("resources", {}), wanted: 1}
-        memory_gb = getattr(dft.config, "memory_gb", None)
-        if memory_gb and "memory" not in self._dft_options:
-            self._dft_options["memory"] = int(memory_gb * 1024**3)
         self._dft_actors = [DFTActor.options(**self._dft_options).remote(dft) for _ in range(dft_slots)]
         self._dft_spec = dft
         self.dft_slots = dft_slots

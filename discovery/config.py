@@ -130,10 +130,12 @@ class ExecutionConfig(Strict):
     ``resources`` sets what each component's actor asks Ray for, keyed ``dft`` (per slot),
     ``surrogate``, ``mlip``, ``generators`` (every generator) or a generator's label (``icsg3d``,
     ``substitution-1``); a component with ``device: cuda`` gets a GPU unless its entry says otherwise.
-    DFT actors also ask for one unit of the custom resource ``dft_resource`` and for the oracle's
-    ``memory_gb``, replacements included, so on a cluster they land only on DFT nodes (which the
-    autoscaler starts when none is up). ``dft_resource: auto`` asks for it when running locally
-    (where the campaign defines it) or when the cluster has it.
+    DFT actors also ask for one unit of the custom resource ``dft_resource``, replacements included,
+    so on a cluster they land only on DFT nodes (which the autoscaler starts when none is up);
+    ``dft_resource: auto`` asks for it when running locally (where the campaign defines it) or when
+    the cluster has it. A calculation's own memory cap is the oracle's ``memory_gb`` (enforced in its
+    subprocess); ``resources.dft.memory_gb`` also reserves it with Ray, for clusters whose node
+    types declare their memory.
     """
 
     backend: Literal["ray", "local"] = "ray"

@@ -57,3 +57,20 @@ def icsg3d_memorized(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return folder / "model"
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, request):
+    """``trained_model(name)``: the folder of a small trained model of the family ``name`` (trained
+    on first use, once per session; `trained_models.TRAINERS`, ICSG3D: `icsg3d_memorized`)."""
+    from trained_models import TRAINERS
+
+    folders: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in folders:
+            folders[name] = (request.getfixturevalue("icsg3d_memorized") if name == "icsg3d"
+                             else TRAINERS[name](tmp_path_factory.mktemp(name)))
+        return folders[name]
+
+    return get

@@ -20,7 +20,10 @@ Compositions (`CrystalGANGenerator.propose`):
 
 Elements other than the training ones are placed on the roles at decode time (substitution); the
 candidate records it in ``conditions["substitution"]`` (training element -> placed element) and
-``conditions["roles"]``. Structures are decoded with ``decoder`` (the 0.4 row rule or the Q-network),
+``conditions["roles"]``. Structures are decoded with ``decoder`` (by default ``forced``: the rows with
+the largest sums up to the conditioned counts, so a proposal has the composition it was asked for;
+or the paper's 0.4 row rule or Q-network occupancy, which keep only samples whose decoded counts
+match),
 must pass `discovery.structures.structural_problem` at 0.5 A, have the conditioned counts, at most
 ``max_atoms`` sites, and be new within the call. Up to ``max_draws`` draws of ``oversample`` x the
 missing number are made.
@@ -60,7 +63,9 @@ class CrystalGANGeneratorConfig(TrainedModelFields):
 
     kind: Literal["crystal_gan"] = "crystal_gan"
     n_per_round: int = Field(20, ge=1, le=100_000)
-    decoder: Literal["threshold", "qnet"] = Field("threshold", description="0.4 row rule or Q-network occupancy")
+    decoder: Literal["forced", "threshold", "qnet"] = Field(
+        "forced", description="forced: the conditioned counts' rows with the largest sums (the composition asked "
+                              "for); threshold: the paper's 0.4 row rule; qnet: the Q-network's row occupancy")
     oversample: int = Field(3, ge=1, description="samples per missing candidate in one draw")
     max_draws: int = Field(4, ge=1)
     hit_share: float = Field(0.5, ge=0, le=1, description="share of proposals at compositions of confirmed hits")
@@ -208,6 +213,7 @@ class CrystalGANGenerator:
 
     def propose(self, n: int, conditions: dict[str, Any], rng: np.random.Generator) -> list[Candidate]:
         """Up to ``n`` new valid structures (see the module docstring)."""
+        from discovery.models.crystal_gan.representation import forced_occupancy
         from discovery.structures import make_candidate, structural_problem
 
         if n <= 0:
@@ -230,11 +236,13 @@ class CrystalGANGenerator:
                      else self._choose(options, rng, k))
             counts = np.array([c for _, c in picks])
             mats, occ = self.model.sample_matrices(counts, rng)
+            if self.config.decoder == "forced":
+                occ = np.array([forced_occupancy(m, self.blocks, k) for m, k in zip(mats, counts, strict=True)])
             for i, (species, c) in enumerate(picks):
                 if len(out) >= n:
                     break
                 dec = self.model.decode(mats[i:i + 1], species=species,
-                                        occupancy=occ[i:i + 1] if self.config.decoder == "qnet" else None)[0]
+                                        occupancy=occ[i:i + 1] if self.config.decoder != "threshold" else None)[0]
                 s = dec.structure
                 if s is None or dec.counts != tuple(c) or (self.max_atoms and len(s) > self.max_atoms):
                     continue

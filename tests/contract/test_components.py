@@ -6,23 +6,41 @@ from pymatgen.core import Lattice, Structure
 
 from discovery import registry
 from discovery.build import ComponentSpec, build_component
-from discovery.surrogates.cgcnn_config import CGCNNEnsembleConfig
-from discovery.oracles.emt_oracle import EMTConfig
-from discovery.surrogates.forest import ForestSurrogateConfig
-from discovery.oracles.gpaw_oracle import GPAWConfig
+from discovery.generators.composition_gan import (
+    CompositionGANGeneratorConfig,
+    CompositionVAEGeneratorConfig,
+)
+from discovery.generators.crystal_gan import CrystalGANGeneratorConfig
 from discovery.generators.icsg3d import ICSG3DGeneratorConfig
-from discovery.oracles.chgnet_oracle import MLIPConfig
 from discovery.generators.random_symmetric import RandomSymmetricGeneratorConfig
 from discovery.generators.substitution import SubstitutionGeneratorConfig
+from discovery.oracles.chgnet_oracle import MLIPConfig
+from discovery.oracles.emt_oracle import EMTConfig
+from discovery.oracles.gpaw_oracle import GPAWConfig
 from discovery.protocols import Generator, Oracle, Surrogate
-from discovery.records import Candidate, Evaluation, FitReport, Prediction, Provenance, Selection
+from discovery.records import (
+    Candidate,
+    Evaluation,
+    FitReport,
+    Prediction,
+    Provenance,
+    Selection,
+)
 from discovery.structures import make_candidate, structural_problem
+from discovery.surrogates.cgcnn_config import CGCNNEnsembleConfig
+from discovery.surrogates.forest import ForestSurrogateConfig
 
 CONFIGS = {
     ("generator", "substitution"): SubstitutionGeneratorConfig(n_per_round=6),
     ("generator", "random_symmetric"): RandomSymmetricGeneratorConfig(n_per_round=4),
-    # checkpoint_dir is replaced by a small model that decodes its training crystals (icsg3d_memorized)
+    # a trained kind's checkpoint_dir is replaced by a small trained model (conftest.trained_model);
+    # ICSG3D's decodes its training crystals, so its targeted samples are valid
     ("generator", "icsg3d"): ICSG3DGeneratorConfig(n_per_round=4, checkpoint_dir="untrained", latent_scale=0.1),
+    ("generator", "crystal_gan"): CrystalGANGeneratorConfig(n_per_round=4, checkpoint_dir="untrained"),
+    ("generator", "composition_gan"): CompositionGANGeneratorConfig(n_per_round=4, checkpoint_dir="untrained",
+                                                                    samples=64),
+    ("generator", "composition_vae"): CompositionVAEGeneratorConfig(n_per_round=4, checkpoint_dir="untrained",
+                                                                    samples=64),
     ("surrogate", "cgcnn_ensemble"): CGCNNEnsembleConfig(ensemble_size=2, max_epochs=5),
     ("surrogate", "forest"): ForestSurrogateConfig(n_estimators=20),
     ("mlip", "chgnet"): MLIPConfig(max_steps=20),
@@ -54,8 +72,8 @@ def kmgcl3():
 def test_generators_propose_valid_reproducible_candidates(kind, tmp_path, request):
     def build():
         s = spec("generator", kind, tmp_path)
-        if kind == "icsg3d":
-            ckpt = request.getfixturevalue("icsg3d_memorized")
+        for model in registry.get_kind("generator", kind).models:  # a trained kind: a small trained model
+            ckpt = request.getfixturevalue("trained_model")(model)
             s = ComponentSpec(s.role, s.config.model_copy(update={"checkpoint_dir": ckpt}), s.elements,
                               s.max_atoms, s.seed, s.workdir)
         return build_component(s)

@@ -2,8 +2,10 @@
 
 Sampling: z ~ N(0, I) (a `torch.Generator` seeded from the caller's numpy rng), the condition of the
 target per-role counts, G in evaluation mode (BatchNorm running statistics). Decoding: the 0.4 row
-rule (``decoder="threshold"``) or the Q-network's per-row occupancy argmax (``decoder="qnet"``, the
-original's ``view_atoms_classifier``), then `~discovery.models.crystal_gan.representation.decode`
+rule (``decoder="threshold"``), the Q-network's per-row occupancy argmax (``decoder="qnet"``, the
+original's ``view_atoms_classifier``) or, our addition, the rows with the largest sums up to the
+conditioned counts (``decoder="forced"``: the cell has exactly the composition asked for, whatever
+the generator learned about counts), then `~discovery.models.crystal_gan.representation.decode`
 with the training elements or a role -> element substitution.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from discovery.models.crystal_gan.networks import CrystalGenerator, CrystalQNetwork
-from discovery.models.crystal_gan.representation import Blocks, Decoded, decode
+from discovery.models.crystal_gan.representation import Blocks, Decoded, decode, forced_occupancy
 from discovery.models.crystal_gan.training import condition_tensor
 
 #: Matrices generated per forward pass.
@@ -86,7 +88,9 @@ class CrystalGANModel:
         """``n`` decoded samples of one composition (per-role counts), elements per ``species``."""
         c = np.tile(np.asarray(counts, dtype=np.int64).reshape(1, -1), (n, 1))
         mats, occ = self.sample_matrices(c, rng)
-        return self.decode(mats, species=species, occupancy=occ if decoder == "qnet" else None)
+        if decoder == "forced":
+            occ = np.array([forced_occupancy(m, self.blocks, k) for m, k in zip(mats, c, strict=True)])
+        return self.decode(mats, species=species, occupancy=occ if decoder in ("qnet", "forced") else None)
 
     def decode(self, matrices: np.ndarray, species: Mapping[str, str] | None = None,
                occupancy: np.ndarray | None = None) -> list[Decoded]:

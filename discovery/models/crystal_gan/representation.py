@@ -147,6 +147,21 @@ def occupied_rows(matrix: np.ndarray, blocks: Blocks, threshold: float = 0.4) ->
     return np.asarray(matrix, dtype=float)[..., 2:, :].sum(-1) > threshold
 
 
+def forced_occupancy(matrix: np.ndarray, blocks: Blocks, counts: Sequence[int]) -> np.ndarray:
+    """Per atom row, True for the ``counts[k]`` rows of block ``k`` with the largest row sums: the
+    decoded cell has exactly the requested composition (our count-forced decoding; the paper reads
+    the counts from the matrix with the 0.4 rule or the Q-network).
+
+    Shapes: matrix ``(rows, 3)``, counts ``(n_roles,)`` -> ``(rows - 2,)`` bool.
+    """
+    x = np.asarray(matrix, dtype=float).reshape(blocks.n_rows, 3)
+    occ = np.zeros(blocks.n_rows - 2, dtype=bool)
+    for k, rows in zip(counts, blocks.slices, strict=True):
+        top = np.argsort(-x[rows].sum(axis=1), kind="stable")[: int(k)]
+        occ[rows.start - 2 + top] = True
+    return occ
+
+
 def counts_from_occupancy(occupancy: np.ndarray, blocks: Blocks) -> np.ndarray:
     """Per-role counts of occupancy masks; shapes ``(..., rows - 2)`` -> ``(..., n_roles)``."""
     occ = np.asarray(occupancy, dtype=bool)
