@@ -1,4 +1,5 @@
-"""ray_cluster.yaml passes Ray's own offline validation (schema, node types, worker counts)."""
+"""The cluster files pass Ray's own offline validation (schema, node types, worker counts), ship no
+virtual environment or campaign folder, and pin Python and Ray."""
 
 import copy
 from pathlib import Path
@@ -9,13 +10,25 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_cluster_yaml_is_valid_for_ray_up():
+@pytest.mark.parametrize("name", ["ray_cluster.yaml", "ray_cluster_onprem.yaml"])
+def test_cluster_yaml_is_valid_for_ray_up(name):
     util = pytest.importorskip("ray.autoscaler._private.util")
-    cfg = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    cfg = yaml.safe_load((REPO / name).read_text())
     prepared = util.prepare_config(copy.deepcopy(cfg))
     util.validate_config(prepared)
-    assert prepared["available_node_types"]["cpu_dft"]["resources"]["dft"] >= 1
+    assert {".venv", "runs"} <= set(cfg["rsync_exclude"])
+    assert cfg["docker"]["image"].startswith("rayproject/ray:2.60.0-py311")  # the pinned Ray and Python
+    assert any("torch==2.13.0" in c for c in cfg["setup_commands"])
     broken = copy.deepcopy(cfg)
-    broken["available_node_types"]["cpu_dft"]["min_worker"] = 1
+    broken["max_workers"] = "many"
     with pytest.raises(Exception):
         util.validate_config(util.prepare_config(broken))
+
+
+def test_aws_cluster_has_dft_and_gpu_node_types():
+    cfg = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    types = cfg["available_node_types"]
+    assert types["cpu_dft"]["resources"]["dft"] == types["cpu_dft"]["resources"]["CPU"]
+    assert types["gpu"]["resources"]["GPU"] >= 1 and "dft" not in types["head"]["resources"]
+    onprem = yaml.safe_load((REPO / "ray_cluster_onprem.yaml").read_text())
+    assert any('"dft"' in c for c in onprem["worker_start_ray_commands"])
