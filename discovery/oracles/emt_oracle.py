@@ -37,6 +37,7 @@ class EMTConfig(Strict):
     timeout_s: float = 120.0
     memory_gb: float = 2.0
     delay_s: float = Field(0.0, ge=0, description="extra sleep, to emulate a slow calculation")
+    delay_sigma: float = Field(0.0, ge=0, description="log-normal spread of the sleep (the same for one candidate)")
 
 
 class EMTOracle(SubprocessOracle):
@@ -78,6 +79,12 @@ class EMTOracle(SubprocessOracle):
         payload = super().payload(candidate)
         if "delay_s" in candidate.conditions:
             payload["settings"]["delay_s"] = float(candidate.conditions["delay_s"])
+        elif self.config.delay_sigma > 0:  # unequal calculations: log-normal around delay_s, fixed per candidate
+            import numpy as np
+
+            seed = int(candidate.id[1:13], 16)  # ids are "c" + hex digits
+            factor = float(np.exp(self.config.delay_sigma * np.random.default_rng(seed).standard_normal()))
+            payload["settings"]["delay_s"] = self.config.delay_s * factor
         return payload
 
 
