@@ -34,7 +34,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, **local: An
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+            # "local": never attach to a cluster some other process left in /tmp/ray.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                      logging_level=logging.WARNING, **local)
     except ConnectionError as exc:
         raise InfrastructureError(f"cannot connect to Ray at {address}: {exc}") from None

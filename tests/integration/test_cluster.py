@@ -100,3 +100,46 @@ def test_a_node_lost_mid_calculation_loses_and_repeats_nothing(cluster, tmp_path
     # the calculations in flight when the node went away finished, on the nodes that were left
     assert in_flight and all(final[cid]["extra"]["ray_node"] != doomed.node_id for cid in in_flight)
 
+
+
+def test_driver_sigkill_and_resume_on_a_cluster_loses_and_repeats_nothing(cluster, tmp_path, cli):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from discovery.report import campaign_status
+
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, resources={"dft": 1})
+    cluster.wait_for_nodes()
+    path = campaign(tmp_path, rounds=2, delay_s=2.0)
+    out = tmp_path / "out"
+    binary = Path(sys.executable).parent / "discovery"
+    driver = subprocess.Popen([str(binary), "run", str(path), "--out", str(out), "--address", cluster.address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None:
+        if (out / "ledger.sqlite").exists() and evaluations_safe(out):
+            break
+        time.sleep(0.3)
+    assert driver.poll() is None, "the campaign ended before it could be killed"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    proc = cli("run", path, "--out", out, "--resume", "--address", cluster.address)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with sqlite3.connect(out / "ledger.sqlite") as db:
+        submitted = {json.loads(p)["candidate"]["id"] for (p,) in db.execute(
+            "select payload from records where kind = 'submission'")}
+    final = {e["candidate_id"]: e for e in evaluations(out)}
+    assert set(final) == submitted and all(e["status"] == "ok" for e in final.values())
+    assert campaign_status(out)["dft_repeated"] == 0
+
+
+def evaluations_safe(out) -> int:
+    try:
+        with sqlite3.connect(f"file:{out / 'ledger.sqlite'}?mode=ro", uri=True, timeout=2) as db:
+            return db.execute("select count(*) from records where kind = 'evaluation'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
