@@ -42,6 +42,7 @@ BUILTIN: tuple[str, ...] = (
     "discovery.generators.icsg3d:KIND",
     "discovery.generators.crystal_gan:KIND",
     "discovery.generators.composition_gan:KINDS",
+    "discovery.generators.cdvae.kind:GENERATOR_KIND",
     # surrogates
     "discovery.surrogates.cgcnn_config:KIND",
     "discovery.surrogates.forest:KIND",
@@ -55,6 +56,7 @@ BUILTIN: tuple[str, ...] = (
     "discovery.models.icsg3d.kind:MODEL_KIND",
     "discovery.models.crystal_gan.kind:MODEL_KIND",
     "discovery.models.composition_gan.kind:MODEL_KINDS",
+    "discovery.models.cdvae.kind:MODEL_KIND",
 )
 
 #: The key that names a component's kind in a config file, per role.

@@ -38,7 +38,15 @@ def train_composition_model(name: str, folder: Path) -> Path:
     return folder / "model"
 
 
+def train_cdvae(folder: Path) -> Path:
+    """A miniature CD-VAE (`cdvae_helpers.TINY_CDVAE`) on 24 prototype binaries: seconds."""
+    from cdvae_helpers import train_tiny_cdvae
+
+    return train_tiny_cdvae(folder)
+
+
 TRAINERS = {
+    "cdvae": train_cdvae,
     "crystal_gan": train_crystal_gan,
     "composition_gan": lambda folder: train_composition_model("composition_gan", folder),
     "composition_vae": lambda folder: train_composition_model("composition_vae", folder),

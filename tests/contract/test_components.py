@@ -6,6 +6,7 @@ from pymatgen.core import Lattice, Structure
 
 from discovery import registry
 from discovery.build import ComponentSpec, build_component
+from discovery.generators.cdvae.kind import CDVAEGeneratorConfig
 from discovery.generators.composition_gan import (
     CompositionGANGeneratorConfig,
     CompositionVAEGeneratorConfig,
@@ -41,6 +42,7 @@ CONFIGS = {
                                                                     samples=64),
     ("generator", "composition_vae"): CompositionVAEGeneratorConfig(n_per_round=4, checkpoint_dir="untrained",
                                                                     samples=64),
+    ("generator", "cdvae"): CDVAEGeneratorConfig(n_per_round=4, checkpoint_dir="untrained"),
     ("surrogate", "cgcnn_ensemble"): CGCNNEnsembleConfig(ensemble_size=2, max_epochs=5),
     ("surrogate", "forest"): ForestSurrogateConfig(n_estimators=20),
     ("mlip", "chgnet"): MLIPConfig(max_steps=20),
