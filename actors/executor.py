@@ -85,17 +85,19 @@ class RayExecutor(DFTResultQueue):
         label = name.split(":", 1)[-1]
         res = table.get(label) or table.get(name) or (table.get("generators") if name.startswith("generator:") else None)
         options: dict[str, Any] = {"num_cpus": 1 if name == "dft" else 0, "runtime_env": SINGLE_THREAD_ENV}
-        if getattr(spec.config, "device", "cpu") == "cuda":
+        if getattr(spec.config, "device", "cpu") == "cuda" or getattr(spec.registered, "needs_gpu", False):
             options["num_gpus"] = 1
-        elif name != "dft" and res is None:
-            # CPU-light components stay on the driver's node (soft), so losing a DFT node never
-            # takes a generator or the surrogate with it
+        elif name != "dft":
+            # CPU components stay on the driver's node (soft): losing a DFT node never takes a
+            # generator or the surrogate with it, and the files they read and write (model
+            # folders, surrogate checkpoints under the campaign folder) are the driver's
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
                 node_id=ray.get_runtime_context().get_node_id(), soft=True)
         if res is not None:
-            options.update(num_cpus=res.num_cpus, num_gpus=res.num_gpus or options.get("num_gpus", 0))
+            options.update({key: value for key, value in (("num_cpus", res.num_cpus), ("num_gpus", res.num_gpus))
+                            if value is not None})
             if res.memory_gb:
                 options["memory"] = int(res.memory_gb * 1024**3)
             if res.custom:
@@ -194,6 +196,12 @@ class RayExecutor(DFTResultQueue):
                 except Exception as exc:  # noqa: BLE001 - actor lost beyond its restarts
                     log.warning("DFT actor lost while evaluating %s: %s", cand.id, exc)
                     self._done.put(self._lost(cand, exc))
+                    try:  # an actor that is still alive would hold its CPU and dft unit for good
+                        ray.kill(actor, no_restart=True)
+                    except Exception:  # noqa: BLE001 - already gone
+                        pass
+                    if actor in self._dft_actors:
+                        self._dft_actors.remove(actor)
                     # the same placement as the actor it replaces: the dft resource, memory, CPUs
                     replacement = DFTActor.options(**self._dft_options).remote(self._dft_spec)
                     self._dft_actors.append(replacement)

@@ -114,8 +114,8 @@ class CompositionFirstConfig(Strict):
 class ResourceConfig(Strict):
     """What one component's Ray actor asks the cluster for (per DFT slot for ``dft``)."""
 
-    num_cpus: float = Field(0.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: float | None = Field(None, ge=0, description="None: 1 per DFT slot, 0 for other components")
+    num_gpus: float | None = Field(None, ge=0, description="None: 1 for a device: cuda component, else 0")
     memory_gb: float | None = Field(None, gt=0, description="memory Ray reserves for the actor")
     custom: dict[str, float] = Field(default_factory=dict, description="custom Ray resources, e.g. {gpu_node: 1}")
 

@@ -99,11 +99,29 @@ def quote(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def with_preset(data: Any, presets: dict[str, dict[str, Any]], sections: tuple[str, ...] = ()) -> Any:
+    """``data`` (a config mapping) with every key it leaves out taken from its ``preset``'s table
+    (default ``cpu``); the nested ``sections`` are merged key by key. Keys the user gives win.
+    Anything else (not a mapping, an unknown preset) is returned as is for validation to report."""
+    if not isinstance(data, dict):
+        return data
+    preset = data.get("preset", "cpu")
+    if preset not in presets:
+        return data
+    base = copy.deepcopy(presets[preset])
+    merged = {**base, **data}
+    for section in sections:
+        user = data.get(section)
+        if isinstance(user, dict) and isinstance(base.get(section), dict):
+            merged[section] = {**base[section], **user}
+    return merged
+
+
 def format_validation_error(source: str, exc: ValidationError, prefix: str = "") -> str:
     """The first error of ``exc`` as ``SOURCE: key.path: what was expected (+n more)``.
 
     Union tags that pydantic puts into error locations (the ``kind`` of a component) are not keys
-    the user wrote; callers strip them with `strip_union_tags` before formatting.
+    the user wrote; the registry strips them from the unions it builds (`registry._strip_tags`).
     """
     err = exc.errors()[0]
     parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]

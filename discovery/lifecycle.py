@@ -1,6 +1,6 @@
 """The trained-model lifecycle shared by every generator or surrogate that trains.
 
-A trainable model family (ICSG3D, CD-VAE, the GANs, LCOM) registers a `Kind` of role ``model``
+A trainable model family (ICSG3D, CD-VAE, the GANs) registers a `Kind` of role ``model``
 whose factory returns a `Trainer`. Everything else is generic:
 
 - ``discovery train NAME --data --preset --out [--set ...]`` (`discovery.train_cli`) reads the data
@@ -112,6 +112,17 @@ def json_number(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def cpu_only(family: str, device: str) -> None:
+    """Refuse a GPU for a family whose networks run on the CPU only (rather than run there silently
+    while a GPU sits reserved).
+
+    Raises:
+        ConfigError: ``device`` is not ``cpu``.
+    """
+    if device != "cpu":
+        raise ConfigError(f"{family}: trains and samples on the CPU only (small networks); use device: cpu")
 
 
 def check_device(device: str) -> str:
@@ -266,8 +277,8 @@ class TrainedModelFields(Strict):
 
 def model_sources(config: Any, where: str = "") -> list[tuple[str, TrainedModelFields]]:
     """``(key path, fields)`` of every trained model a component config loads: the config itself
-    when it has `TrainedModelFields`, and nested fields that have them (e.g. the CD-VAE an LCOM
-    model is built on), nested ones first (they train first)."""
+    when it has `TrainedModelFields`, and nested fields that have them (e.g. a model that is
+    built on another one's latent space), nested ones first (they train first)."""
     out: list[tuple[str, TrainedModelFields]] = []
     if not hasattr(config, "model_fields"):
         return out

@@ -108,13 +108,14 @@ def _load() -> dict[str, dict[str, Kind]]:
                 _add(table, kind, target)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             source = f"entry point {ep.name} ({ep.value})"
+            scratch = {role: dict(kinds) for role, kinds in table.items()}
             try:
-                loaded = _as_kinds(ep.load(), source)
-            except Exception as exc:  # a broken plugin must not take the built-in kinds down
+                for kind in _as_kinds(ep.load(), source):
+                    _add(scratch, kind, source)
+            except Exception as exc:  # a broken plugin (or a name clash) must not take the built-in kinds down
                 log.warning("%s: not loaded (%s: %s)", source, type(exc).__name__, exc)
                 continue
-            for kind in loaded:
-                _add(table, kind, source)
+            table = scratch
         _kinds = table
         return table
 

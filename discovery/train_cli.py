@@ -126,6 +126,9 @@ def cmd_train(args, console) -> int:
         held.show()
 
     out.mkdir(parents=True, exist_ok=True)
+    # The manifest goes first: a crash while new weights replace old ones must leave a folder that
+    # reads as "no model", never an old manifest next to new weights.
+    manifest.unlink(missing_ok=True)
     from discovery.protocols import NullTracker
 
     tracker: Any = NullTracker()

@@ -15,10 +15,6 @@ from pydantic import Field
 from discovery.configbase import Strict
 from discovery.kinds import Kind
 
-#: The kind a ``policy:`` mapping without ``kind`` gets.
-DEFAULT_POLICY = "ucb"
-
-
 class DiversityConfig(Strict):
     """How a batch is spread out once candidates are scored (applied by every policy).
 

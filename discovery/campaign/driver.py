@@ -242,8 +242,8 @@ class Campaign:
 
     # ================================================================ one round
 
-    def _rng(self, rnd: int, stream: int) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence(self.config.seed, spawn_key=(rnd, stream)))
+    def _rng(self, rnd: int, *stream: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence(self.config.seed, spawn_key=(rnd, *stream)))
 
     def _plan_round(self, rnd: int) -> None:
         t0 = time.time()
@@ -345,8 +345,10 @@ class Campaign:
                 n = quota // len(found) + (k < quota % len(found))
                 if n:
                     info = {key: comp[key] for key in ("target_formation_energy_ev",) if key in comp}
+                    # a stream per formula: the same draws whether calls share this process or not
                     calls.append((arm.generator, "propose", (n, {"round": rnd, "composition": comp["composition"],
-                                                                 "composition_model": model, **info}, rng)))
+                                                                 "composition_model": model, **info},
+                                                             self._rng(rnd, stream, k + 1))))
                     arms.append(arm)
         out = []
         for arm, batch in zip(arms, self.executor.call_many(calls), strict=True):

@@ -8,7 +8,7 @@ random symmetric structures).
 
 `CompositionModelGenerator.propose(n, conditions, rng)`:
 
-1. the target is ``conditions["target_formation_energy"]`` (eV/atom) when given, else
+1. the target is ``conditions["target_formation_energy_ev"]`` (eV/atom) when given, else
    ``target_ev`` (default -3.0, the paper's);
 2. ``samples`` compositions are generated at the target; with ``restrict_elements`` (default) every
    element outside the campaign's is zeroed before the 0.03 threshold (our restriction, so the
@@ -109,7 +109,7 @@ class CompositionModelGenerator:
         Returns:
             ``{"composition", "counts", "target_formation_energy_ev", "composition_model"}`` dicts.
         """
-        target = float(conditions.get("target_formation_energy", self.config.target_ev))
+        target = float(conditions.get("target_formation_energy_ev", self.config.target_ev))
         allowed = self.elements if (self.config.restrict_elements and self.elements) else None
         props = self.model.propose(target, self.config.samples, rng, self.max_atoms,
                                    iterations=self.config.mh_iterations, allowed=allowed)
@@ -129,7 +129,7 @@ class CompositionModelGenerator:
 
         if n <= 0:
             return []
-        target = float(conditions.get("target_formation_energy", self.config.target_ev))
+        target = float(conditions.get("target_formation_energy_ev", self.config.target_ev))
         if conditions.get("composition"):
             from pymatgen.core import Composition
 

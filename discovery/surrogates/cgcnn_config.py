@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from discovery.configbase import Strict
+from discovery.configbase import Strict, with_preset
 from discovery.kinds import Kind
 
 CGCNN_PRESETS: dict[str, dict[str, Any]] = {
@@ -50,11 +50,7 @@ class CGCNNEnsembleConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            preset = data.get("preset", "cpu")
-            if preset in CGCNN_PRESETS:
-                data = {**CGCNN_PRESETS[preset], **data}
-        return data
+        return with_preset(data, CGCNN_PRESETS)
 
 
 KIND = Kind(role="surrogate", name="cgcnn_ensemble", config=CGCNNEnsembleConfig,

@@ -115,12 +115,15 @@ def test_entry_points_add_kinds_and_a_broken_plugin_is_skipped(monkeypatch, plug
         kind: Literal["swap2"] = "swap2"
 
     extra = Kind(role="generator", name="swap2", config=Swap2Config, factory=plugin.SwapGenerator)
+    clash = Kind(role="generator", name="substitution", config=Swap2Config, factory=plugin.SwapGenerator)
     monkeypatch.setattr(reg, "entry_points", lambda group: [EntryPoint("good", [extra]),
-                                                             EntryPoint("broken", ImportError("no module"))])
+                                                             EntryPoint("broken", ImportError("no module")),
+                                                             EntryPoint("clash", [clash])])
     monkeypatch.setattr(reg, "_kinds", None)  # read everything again, entry points included
     try:
         assert reg.get_kind("generator", "swap2") is extra
-        assert "substitution" in reg.kinds("generator")  # the built-in kinds survive a broken plugin
+        # the built-in kinds survive a broken plugin and one that takes a built-in name
+        assert reg.get_kind("generator", "substitution") is not clash
     finally:
         monkeypatch.setattr(reg, "_kinds", None)
         monkeypatch.undo()

@@ -83,6 +83,6 @@ def test_generator_records_the_composition_model_and_structure_step(trained, con
         assert c.conditions["structure_generator"].split(":")[0] in ("prototype", "random_symmetric")
         assert c.conditions["round"] == 1
     # without a composition the model proposes within the campaign's elements
-    formulas = gen.propose_compositions(5, {"target_formation_energy": -2.5}, np.random.default_rng(1))
+    formulas = gen.propose_compositions(5, {"target_formation_energy_ev": -2.5}, np.random.default_rng(1))
     for f in formulas:
         assert set(f["counts"]) <= {"Mg", "O", "Ca"} and f["target_formation_energy_ev"] == -2.5

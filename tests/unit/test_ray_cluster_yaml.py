@@ -30,5 +30,7 @@ def test_aws_cluster_has_dft_and_gpu_node_types():
     types = cfg["available_node_types"]
     assert types["cpu_dft"]["resources"]["dft"] == types["cpu_dft"]["resources"]["CPU"]
     assert types["gpu"]["resources"]["GPU"] >= 1 and "dft" not in types["head"]["resources"]
+    # GPU nodes replace the common CPU wheel of torch with the CUDA one
+    assert any("torch==2.13.0" in c and "whl/cpu" not in c for c in types["gpu"]["worker_setup_commands"])
     onprem = yaml.safe_load((REPO / "ray_cluster_onprem.yaml").read_text())
     assert any('"dft"' in c for c in onprem["worker_start_ray_commands"])

@@ -177,6 +177,14 @@ class CDVAEGenerator:
         if mode == "optimize" and self.model.property is None:
             raise ValueError("cdvae: mode optimize needs a model with a property head")
         composition = conditions.get("composition")
+        if composition is not None:
+            from discovery.models.cdvae.wrapper import composition_atoms
+
+            try:  # a formula this model cannot make (too many atoms, fractional) gets no proposals
+                composition_atoms(composition, self.model.max_atoms)
+            except ConfigError as exc:
+                logger.info("cdvae: %s", exc)
+                return []
         record = {k: v for k, v in conditions.items() if k not in ("mode",)}
         out: list[Candidate] = []
         seen: set[str] = set()

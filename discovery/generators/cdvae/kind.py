@@ -58,4 +58,4 @@ def build(config: CDVAEGeneratorConfig, context: BuildContext) -> Any:
 GENERATOR_KIND = Kind(role="generator", name="cdvae", config=CDVAEGeneratorConfig,
                       factory="discovery.generators.cdvae.kind:build",
                       summary="samples a trained CD-VAE: random, around hits, or optimised through its property head",
-                      models=("cdvae",))
+                      models=("cdvae",), takes_composition=True)

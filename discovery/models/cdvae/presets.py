@@ -30,17 +30,17 @@ batch 64; Langevin n_step_each 10 (L = 50 levels kept: 500 decoder calls per cry
 step_lr 1e-4 kept. Plateau patience 20 epochs instead of 30 (the schedule is 10-20 times shorter
 than the paper's; the scheduler steps every epoch on the last validation loss, as PyTorch
 Lightning does with ``monitor: val_loss``). Epochs per data set are set so that a training
-fits 60 minutes on 2 cores (see `CPU_SCHEDULES` and the figures in `discovery.models.cdvae.trainer`).
+fits 60 minutes on 2 cores (`CPU_SCHEDULES`; perov_5's 200 epochs took 44 min of training, 48 min
+in all, on 2 cores: ``benchmarks/cdvae.py``).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from discovery.configbase import Strict
+from discovery.configbase import Strict, with_preset
 
 Dataset = Literal["perov_5", "carbon_24", "mp_20"]
 #: Property columns tried, in order, when ``property: auto`` (CD-VAE's ``prop`` per data set).
@@ -178,21 +178,10 @@ class CDVAEConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        preset = data.get("preset", "cpu")
-        if preset not in PRESETS:
-            return data  # the Literal check reports it
-        base = copy.deepcopy(PRESETS[preset])
-        dataset = data.get("dataset")
-        if isinstance(dataset, str) and dataset in SCHEDULES[preset]:
-            base.update(SCHEDULES[preset][dataset])
-        merged = {**base, **data}
-        for section in _SECTIONS:
-            user = data.get(section)
-            if isinstance(user, dict):
-                merged[section] = {**base[section], **user}
-        return merged
+        dataset = data.get("dataset") if isinstance(data, dict) else None
+        tables = {name: {**table, **SCHEDULES[name].get(dataset, {})} if isinstance(dataset, str) else table
+                  for name, table in PRESETS.items()}
+        return with_preset(data, tables, _SECTIONS)
 
     @model_validator(mode="after")
     def _consistent(self) -> CDVAEConfig:

@@ -160,7 +160,11 @@ class CDVAETrainer:
         state = train_cdvae(module, train_graphs, val_graphs, config, out_dir, seed=seed, device=device,
                             fingerprint=fingerprint, tracker=tracker, progress=progress, resume=resume,
                             write_checkpoint=write_checkpoint)
-        best = read_checkpoint(out_dir / "best.pt", CHECKPOINT_FORMAT, CHECKPOINT_VERSION, kind="best")
+        best_path = out_dir / "best.pt"
+        best = (read_checkpoint(best_path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, kind="best")
+                if best_path.is_file() else None)
+        if best is None or best.get("fingerprint") != fingerprint:  # not this training's: no finite validation
+            raise DataError(f"{out_dir}: no validation loss of this training was finite; no model written")
         module.load_state_dict(best["model"])
         model_file = write_checkpoint(out_dir / "model.pt", {
             "format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": "cdvae", "config": arch,

@@ -24,12 +24,11 @@ logvar (latent 10); decoder [z, y] -> 30 -> 60 -> D (sigmoid); loss binary cross
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from discovery.configbase import Strict
+from discovery.configbase import Strict, with_preset
 
 COMPOSITION_GAN_PRESETS: dict[str, dict[str, Any]] = {
     "faithful": {"epochs": 50_000},
@@ -45,13 +44,7 @@ class _Preset(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        presets = cls._table()
-        preset = data.get("preset", "cpu")
-        if preset not in presets:
-            return data  # the Literal check reports it
-        return {**copy.deepcopy(presets[preset]), **data}
+        return with_preset(data, cls._table())
 
     @classmethod
     def _table(cls) -> dict[str, dict[str, Any]]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from discovery import lifecycle
 from discovery.errors import DataError
+from discovery.protocols import NullTracker
 from discovery.models.composition_gan.config import CompositionGANConfig, CompositionVAEConfig
 from discovery.models.composition_gan.data import CompositionTable, read_composition_table
 
@@ -30,14 +31,6 @@ logger = logging.getLogger(__name__)
 MANIFEST_FORMAT = "discovery.composition_model.manifest"
 CHECKPOINT_FORMAT = "discovery.composition_model"
 VERSION = 1
-
-
-class _NullTracker:
-    def log_params(self, params: dict[str, Any]) -> None: ...
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def log_artifact(self, path: str, artifact_path: str | None = None) -> None: ...
 
 
 class CompositionTrainer:
@@ -64,8 +57,8 @@ class CompositionTrainer:
         from discovery.models.composition_gan.model import CompositionModel
         from discovery.models.composition_gan.training import build_gan, build_vae, train_loop
 
-        lifecycle.check_device(device)
-        tracker = tracker or _NullTracker()
+        lifecycle.cpu_only(self.name, device)
+        tracker = tracker or NullTracker()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -126,7 +119,9 @@ class CompositionTrainer:
 
         Raises:
             DataError: one line naming the file when the folder is missing or damaged.
+            ConfigError: a device other than the CPU.
         """
+        lifecycle.cpu_only(self.name, device)
         from discovery.models.checkpoints import first_line, read_checkpoint
         from discovery.models.composition_gan.features import Featurizer
         from discovery.models.composition_gan.model import CompositionModel
@@ -160,7 +155,7 @@ class CompositionTrainer:
     def describe(self, model: Any) -> str:
         """One summary line."""
         m = model.manifest.get("metrics", {})
-        extra = f", property head MAE {m['regressor_mae_ev']:.3f} eV/atom" if "regressor_mae_ev" in m else ""
+        extra = f", property head training-set MAE {m['regressor_mae_ev']:.3f} eV/atom" if "regressor_mae_ev" in m else ""
         return (f"{self.name} ({model.config.preset}): {model.manifest.get('data', {}).get('rows', '?')} "
                 f"compositions, {model.featurizer.dim} features, {model.config.epochs} epochs in "
                 f"{m.get('train_s', float('nan')):.0f} s{extra}")

@@ -24,12 +24,11 @@ put other elements on the roles at decode time (substitution, recorded in each c
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from discovery.configbase import Strict
+from discovery.configbase import Strict, with_preset
 
 #: The paper's blocks: Mg (8 rows), Mn (8 rows), O (12 rows).
 DEFAULT_BLOCKS: tuple[dict[str, Any], ...] = (
@@ -147,12 +146,7 @@ class CrystalGANConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        preset = data.get("preset", "cpu")
-        if preset not in CRYSTAL_GAN_PRESETS:
-            return data  # the Literal check reports it
-        return {**copy.deepcopy(CRYSTAL_GAN_PRESETS[preset]), **data}
+        return with_preset(data, CRYSTAL_GAN_PRESETS)
 
     @model_validator(mode="after")
     def _blocks(self) -> CrystalGANConfig:

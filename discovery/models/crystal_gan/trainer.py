@@ -26,6 +26,7 @@ import numpy as np
 
 from discovery import lifecycle
 from discovery.errors import DataError
+from discovery.protocols import NullTracker
 from discovery.models.crystal_gan.config import CrystalGANConfig
 from discovery.models.crystal_gan.data import CrystalGANData, composition_formula
 
@@ -35,14 +36,6 @@ NAME = "crystal_gan"
 MANIFEST_FORMAT = "discovery.crystal_gan.manifest"
 CHECKPOINT_FORMAT = "discovery.crystal_gan"
 VERSION = 1
-
-
-class _NullTracker:
-    def log_params(self, params: dict[str, Any]) -> None: ...
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def log_artifact(self, path: str, artifact_path: str | None = None) -> None: ...
 
 
 class CrystalGANTrainer:
@@ -72,8 +65,8 @@ class CrystalGANTrainer:
         from discovery.models.crystal_gan.representation import Blocks
         from discovery.models.crystal_gan.training import train_crystal_gan
 
-        lifecycle.check_device(device)
-        tracker = tracker or _NullTracker()
+        lifecycle.cpu_only("crystal_gan", device)
+        tracker = tracker or NullTracker()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -119,7 +112,9 @@ class CrystalGANTrainer:
 
         Raises:
             DataError: one line naming the file when the folder is missing or damaged.
+            ConfigError: a device other than the CPU.
         """
+        lifecycle.cpu_only("crystal_gan", device)
         from discovery.models.checkpoints import first_line, read_checkpoint
         from discovery.models.crystal_gan.model import CrystalGANModel
         from discovery.models.crystal_gan.networks import CrystalGenerator, CrystalQNetwork

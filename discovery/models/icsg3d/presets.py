@@ -59,12 +59,11 @@ under load from other jobs the same steps ran up to 5x slower):
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from discovery.configbase import Strict
+from discovery.configbase import Strict, with_preset
 
 #: Format of every ICSG3D checkpoint file (UNet, VAE, CGCNN heads), read with ``weights_only=True``.
 CHECKPOINT_FORMAT = "discovery.icsg3d"
@@ -198,18 +197,7 @@ class ICSG3DConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        preset = data.get("preset", "cpu")
-        if preset not in ICSG3D_PRESETS:
-            return data  # the Literal check reports it
-        base = copy.deepcopy(ICSG3D_PRESETS[preset])
-        merged = {**base, **data}
-        for section in _SECTIONS:
-            user = data.get(section)
-            if isinstance(user, dict):
-                merged[section] = {**base[section], **user}
-        return merged
+        return with_preset(data, ICSG3D_PRESETS, _SECTIONS)
 
     @model_validator(mode="after")
     def _grid_fits(self) -> ICSG3DConfig:
