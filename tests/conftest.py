@@ -74,3 +74,15 @@ def trained_model(tmp_path_factory, request):
         return folders[name]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a module's tests: the machine's two cores are shared, and
+    oversubscribed threads spin."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,15 +16,7 @@ from discovery.models.cdvae.graphs import crystalnn_graph
 from discovery.models.cdvae.presets import CDVAEConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the machine's two cores are shared, and oversubscribed threads spin."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 TINY_ENCODER = dict(hidden=16, num_blocks=2, int_emb=8, basis_emb=4, out_emb=16)

@@ -12,18 +12,7 @@ from discovery.models.cdvae.data import read_cdvae_data
 from discovery.models.cdvae.presets import CDVAEConfig
 from discovery.models.cdvae.trainer import TRAINER
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the machine's two cores are shared, and oversubscribed threads spin."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
 
 def test_interrupted_training_resumes_from_last_checkpoint(data_dir, tmp_path):

@@ -11,18 +11,8 @@ from discovery.lifecycle import training_config
 from discovery.models.cdvae.presets import CDVAEConfig
 from discovery.models.cdvae.trainer import TRAINER
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the machine's two cores are shared, and oversubscribed threads spin."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 #: A short schedule: 64 training structures in batches of 16, 12 epochs (48 steps); a short sampler
 #: (one step per level, levels below sigma 0.3 skipped).
