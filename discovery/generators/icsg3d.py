@@ -54,6 +54,7 @@ from discovery.featurize.deciles import DecileConditions, one_hot
 from discovery.kinds import BuildContext, Kind
 from discovery.lifecycle import TrainedModelFields
 from discovery.models.icsg3d.presets import ICSG3DConfig
+from discovery.generators.feedback import record_hits
 from discovery.records import Candidate
 
 logger = logging.getLogger(__name__)
@@ -195,12 +196,7 @@ class ICSG3DGenerator:
                 self._labels[cand.id] = float(value)
                 for pid in cand.parent_ids:  # a relaxed copy names the proposed candidate as parent
                     self._parent_labels.setdefault(pid, float(value))
-        for hit in feedback.get("hits", ()) or ():
-            if isinstance(hit, Candidate):
-                self._candidates[hit.id] = hit
-                self._hits.setdefault(hit.id, None)
-            else:
-                self._hits.setdefault(str(hit), None)
+        record_hits(feedback, self._candidates, self._hits)
         hit_values = [v for v in (self._label(h) for h in self._hits) if v is not None]
         if labels or hit_values:
             values = np.concatenate([self._train_labels, np.fromiter(self._labels.values(), float)])

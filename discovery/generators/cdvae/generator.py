@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from discovery.errors import ConfigError, DataError
+from discovery.generators.feedback import record_hits
 from discovery.records import Candidate
 
 if TYPE_CHECKING:  # kind.py imports this module (lazily, in build); no import back
@@ -93,12 +94,7 @@ class CDVAEGenerator:
             self._candidates[cand.id] = cand
             if value is not None and math.isfinite(float(value)):
                 self._labels[cand.id] = float(value)
-        for hit in feedback.get("hits", ()) or ():
-            if isinstance(hit, Candidate):
-                self._candidates[hit.id] = hit
-                self._hits.setdefault(hit.id, None)
-            else:
-                self._hits.setdefault(str(hit), None)
+        record_hits(feedback, self._candidates, self._hits)
 
     @property
     def hit_bases(self) -> list[str]:
