@@ -17,6 +17,9 @@ import warnings
 from pathlib import Path
 
 from discovery.errors import ConfigError, DataError, DiscoveryError, LedgerError, OracleSetupError
+from discovery.csp import add_csp_parser, cmd_csp
+from discovery.datasets.cli import add_dataset_parser
+from discovery.datasets.cli import cmd_dataset as run_dataset_build
 from discovery.train_cli import add_train_parser, cmd_train
 
 USER_ERRORS = (ConfigError, DataError, LedgerError, OracleSetupError)
@@ -51,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                    "the trials and the best one as one JSON object")
 
     add_train_parser(sub)
+    add_dataset_parser(sub)
+    add_csp_parser(sub)
 
     kinds = sub.add_parser("kinds", help="list the registered component kinds (built-in and plugins)")
     kinds.add_argument("--json", action="store_true", help="print one JSON object")
@@ -396,6 +401,16 @@ def cmd_kinds(args, console) -> int:
     return 0
 
 
+def cmd_dataset(args, console) -> int:
+    """``discovery dataset build``: local by default; ``--ray``/``--address`` relax on Ray actors."""
+    executor = None
+    if args.ray or args.address:
+        from discovery.actors.executor import RayExecutor
+
+        executor = RayExecutor(address=args.address)
+    return run_dataset_build(args, console, executor=executor)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -413,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     handlers = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "benchmark": cmd_benchmark,
                 "kinds": cmd_kinds,
-                "tune": cmd_tune, "train": cmd_train}
+                "tune": cmd_tune, "train": cmd_train,
+                "dataset": cmd_dataset, "csp": cmd_csp}
     try:
         code = handlers[args.command](args, console)
         held.show()

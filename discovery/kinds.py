@@ -70,7 +70,8 @@ class Kind:
         checkpoints: for surrogates, the campaign saves (and logs) a checkpoint after every fit
             (``save(path)``); refit-only surrogates such as forests leave it False.
         models: for generators and surrogates, the trainable model families (role ``model``) it
-            loads; informational (``discovery kinds``).
+            loads: the first is the one its ``checkpoint_dir`` holds, the others what that model
+            depends on (LCOM names its CD-VAE); shown by ``discovery kinds``.
         takes_composition: a generator that proposes structures for ``conditions["composition"]``
             (a formula), so a campaign can hand it the compositions of a composition model.
         proposes_compositions: a generator that also offers ``propose_compositions(n, conditions,

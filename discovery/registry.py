@@ -43,9 +43,11 @@ BUILTIN: tuple[str, ...] = (
     "discovery.generators.crystal_gan:KIND",
     "discovery.generators.composition_gan:KINDS",
     "discovery.generators.cdvae.kind:GENERATOR_KIND",
+    "discovery.generators.lcom.kind:GENERATOR_KIND",
     # surrogates
     "discovery.surrogates.cgcnn_config:KIND",
     "discovery.surrogates.forest:KIND",
+    "discovery.surrogates.lcom.kind:KIND",
     # oracles
     "discovery.oracles.chgnet_oracle:KIND",
     "discovery.oracles.gpaw_oracle:KIND",
@@ -57,6 +59,7 @@ BUILTIN: tuple[str, ...] = (
     "discovery.models.crystal_gan.kind:MODEL_KIND",
     "discovery.models.composition_gan.kind:MODEL_KINDS",
     "discovery.models.cdvae.kind:MODEL_KIND",
+    "discovery.models.lcom.kind:MODEL_KIND",
 )
 
 #: The key that names a component's kind in a config file, per role.

@@ -2,6 +2,10 @@
 
     discovery train icsg3d --data perov_5/val.csv --preset cpu --out runs/icsg3d \\
         --set condition_property=heat_ref [--set unet.epochs=2 ...] [--device cpu|cuda] [--max-structures N]
+    discovery train lcom --data dataset.csv --cdvae runs/cdvae --out runs/lcom
+
+A family built on another's model (its `Kind.models`, e.g. LCOM on CD-VAE) takes that folder as
+``--<model> DIR``, the same as ``--set <model>_dir=DIR``.
 
 ``MODEL`` is any kind of role ``model`` in `discovery.registry` (its `~discovery.lifecycle.Trainer`).
 Everything the user gives is checked before anything is written: the preset, every ``--set`` key
@@ -45,6 +49,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite:///<out>/mlflow.db)")
         p.add_argument("--no-tracking", action="store_true", help="do not record the run in MLflow")
         p.add_argument("--overwrite", action="store_true", help="replace a model already trained in --out")
+        for base in kind.models:  # a family built on another's model takes its folder (LCOM: --cdvae DIR)
+            p.add_argument(f"--{base.replace('_', '-')}", dest=f"{base}_dir", type=Path, default=None, metavar="DIR",
+                           help=f"the trained {base} model folder it builds on (its config's {base}_dir)")
     return train
 
 
@@ -107,7 +114,9 @@ def cmd_train(args, console) -> int:
         ConfigError, DataError: bad input, one line, before anything is written.
     """
     trainer = registry.trainer(args.model)
-    config = config_from_args(args.model, args.preset, args.overrides, args.max_structures)
+    bases = {f"{base}_dir": getattr(args, f"{base}_dir", None) for base in registry.get_kind("model", args.model).models}
+    overrides = [*args.overrides, *(f"{key}={folder.resolve()}" for key, folder in bases.items() if folder is not None)]
+    config = config_from_args(args.model, args.preset, overrides, args.max_structures)
     device = check_device(args.device)
     data_path: Path = args.data
     if not data_path.exists():

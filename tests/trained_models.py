@@ -45,7 +45,15 @@ def train_cdvae(folder: Path) -> Path:
     return train_tiny_cdvae(folder)
 
 
+def train_lcom(folder: Path) -> Path:
+    """The miniature CD-VAE and an LCOM ensemble of two on its latents (`lcom_helpers.train_tiny`)."""
+    from lcom_helpers import train_tiny
+
+    return train_tiny(folder)[2]
+
+
 TRAINERS = {
+    "lcom": train_lcom,
     "cdvae": train_cdvae,
     "crystal_gan": train_crystal_gan,
     "composition_gan": lambda folder: train_composition_model("composition_gan", folder),

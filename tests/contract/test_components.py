@@ -13,6 +13,7 @@ from discovery.generators.composition_gan import (
 )
 from discovery.generators.crystal_gan import CrystalGANGeneratorConfig
 from discovery.generators.icsg3d import ICSG3DGeneratorConfig
+from discovery.generators.lcom.kind import LCOMGeneratorConfig
 from discovery.generators.random_symmetric import RandomSymmetricGeneratorConfig
 from discovery.generators.substitution import SubstitutionGeneratorConfig
 from discovery.oracles.chgnet_oracle import MLIPConfig
@@ -30,6 +31,7 @@ from discovery.records import (
 from discovery.structures import make_candidate, structural_problem
 from discovery.surrogates.cgcnn_config import CGCNNEnsembleConfig
 from discovery.surrogates.forest import ForestSurrogateConfig
+from discovery.surrogates.lcom.kind import LCOMSurrogateConfig
 
 CONFIGS = {
     ("generator", "substitution"): SubstitutionGeneratorConfig(n_per_round=6),
@@ -43,8 +45,10 @@ CONFIGS = {
     ("generator", "composition_vae"): CompositionVAEGeneratorConfig(n_per_round=4, checkpoint_dir="untrained",
                                                                     samples=64),
     ("generator", "cdvae"): CDVAEGeneratorConfig(n_per_round=4, checkpoint_dir="untrained"),
+    ("generator", "lcom"): LCOMGeneratorConfig(n_per_round=4, checkpoint_dir="untrained"),
     ("surrogate", "cgcnn_ensemble"): CGCNNEnsembleConfig(ensemble_size=2, max_epochs=5),
     ("surrogate", "forest"): ForestSurrogateConfig(n_estimators=20),
+    ("surrogate", "lcom"): LCOMSurrogateConfig(checkpoint_dir="untrained", fine_tune_steps=5),
     ("mlip", "chgnet"): MLIPConfig(max_steps=20),
     ("dft", "gpaw"): GPAWConfig(),
     ("dft", "emt"): EMTConfig(),
@@ -56,8 +60,14 @@ def test_every_registered_component_has_a_contract_config():
     assert registered == set(CONFIGS)
 
 
-def spec(role, kind, tmp_path):
-    return ComponentSpec(role, CONFIGS[(role, kind)], ("K", "Rb", "Mg", "Cl"), 7, seed=3, workdir=tmp_path)
+def spec(role, kind, tmp_path, request=None):
+    """The contract spec of a kind; a trained kind's checkpoint_dir is replaced by a small trained
+    model of its first model family (conftest.trained_model)."""
+    config = CONFIGS[(role, kind)]
+    models = registry.get_kind(role, kind).models
+    if models and request is not None:
+        config = config.model_copy(update={"checkpoint_dir": request.getfixturevalue("trained_model")(models[0])})
+    return ComponentSpec(role, config, ("K", "Rb", "Mg", "Cl"), 7, seed=3, workdir=tmp_path)
 
 
 def kcl():
@@ -73,12 +83,7 @@ def kmgcl3():
 @pytest.mark.parametrize("kind", sorted(registry.kinds("generator")))
 def test_generators_propose_valid_reproducible_candidates(kind, tmp_path, request):
     def build():
-        s = spec("generator", kind, tmp_path)
-        for model in registry.get_kind("generator", kind).models:  # a trained kind: a small trained model
-            ckpt = request.getfixturevalue("trained_model")(model)
-            s = ComponentSpec(s.role, s.config.model_copy(update={"checkpoint_dir": ckpt}), s.elements,
-                              s.max_atoms, s.seed, s.workdir)
-        return build_component(s)
+        return build_component(spec("generator", kind, tmp_path, request))
 
     gen = build()
     assert isinstance(gen, Generator)
@@ -97,11 +102,11 @@ def test_generators_propose_valid_reproducible_candidates(kind, tmp_path, reques
 
 
 @pytest.mark.parametrize("kind", sorted(registry.kinds("surrogate")))
-def test_surrogates_fit_predict_embed(kind, tmp_path):
+def test_surrogates_fit_predict_embed(kind, tmp_path, request):
     import torch
 
     torch.set_num_threads(1)
-    sur = build_component(spec("surrogate", kind, tmp_path))
+    sur = build_component(spec("surrogate", kind, tmp_path, request))
     assert isinstance(sur, Surrogate)
     cands = []
     for a in (6.0, 6.2, 6.4, 6.6, 6.8):
