@@ -15,8 +15,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, **local: An
     """Make sure this process is connected to Ray.
 
     Args:
-        address: a running cluster (``ray://`` or ``host:port``); None falls back to ``RAY_ADDRESS``
-            and then to a local instance.
+        address: a running cluster (``ray://`` or ``host:port``); ``"local"`` starts a fresh local
+            instance whatever ``RAY_ADDRESS`` says; None falls back to ``RAY_ADDRESS`` and then to a
+            local instance.
         num_cpus: CPUs of a local instance (default: all of this machine).
         local: more ``ray.init`` arguments for a local instance (``resources``, ``runtime_env``).
 
@@ -30,6 +31,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, **local: An
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        address = None
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)

@@ -72,7 +72,8 @@ def ground_state(formula: str, prototype: str) -> Any:
         structure, _ = elemental_reference(comp.reduced_formula)
     else:
         structure = build_reference_phase(comp.reduced_formula, prototype)
-    assert len(structure) == int(comp.num_atoms), (formula, len(structure))
+    if len(structure) != int(comp.num_atoms):
+        raise ValueError(f"{formula}: the {prototype} cell has {len(structure)} atoms, not {int(comp.num_atoms)}")
     return structure
 
 
@@ -84,7 +85,7 @@ class Relaxations:
         from discovery.datasets.worklog import WorkLog
         from discovery.oracles.chgnet_oracle import MLIPConfig
 
-        self.cache = WorkLog(folder / "relaxations.jsonl")
+        self.cache = WorkLog(folder / "relaxations.jsonl", f"chgnet fmax={fmax} max_steps={max_steps}")
         spec = ComponentSpec(role="mlip", config=MLIPConfig(fmax_ev_per_a=fmax, max_steps=max_steps))
         if ray:
             from discovery.actors.executor import RayExecutor
@@ -169,10 +170,16 @@ def ensure_models(args: argparse.Namespace) -> tuple[Path, Path, Path, Path, dic
         build_dataset(config, data_dir, executor=executor, progress=_progress("dataset"))
         log.info("dataset built in %.0f s", time.perf_counter() - t)
     manifest = json.loads((data_dir / "dataset.json").read_text())
+    from discovery.datasets.builder import config_hash
+
+    _same_settings(data_dir, manifest.get("config_hash"), config_hash(config), "--dataset-config/--dataset-set")
     csv_path = data_dir / manifest["csv"]["path"]
     cdvae_dir = out / "cdvae"
-    if not (cdvae_dir / "cdvae.json").is_file():
-        cfg = training_config(CDVAEConfig, "cpu", args.cdvae_set, "csp26 --cdvae-set")
+    cfg = training_config(CDVAEConfig, "cpu", args.cdvae_set, "csp26 --cdvae-set")
+    if (cdvae_dir / "cdvae.json").is_file():
+        _same_settings(cdvae_dir, json.loads((cdvae_dir / "cdvae.json").read_text())["config"],
+                       cfg.model_dump(mode="json"), "--cdvae-set")
+    else:
         t = time.perf_counter()
         CDVAE.train(CDVAE.read_data(csv_path, cfg), cfg, cdvae_dir, tracker=None, progress=_progress("cdvae"),
                     seed=args.seed, device="cpu")
@@ -180,15 +187,25 @@ def ensure_models(args: argparse.Namespace) -> tuple[Path, Path, Path, Path, dic
     folders = {}
     for name, conservative in (("lcom", True), ("sl", False)):
         folder = out / name
-        if not (folder / "lcom.json").is_file():
-            cfg = training_config(LCOMConfig, "cpu", [*args.lcom_set, f"conservative={str(conservative).lower()}",
-                                                      f"cdvae_dir={cdvae_dir.resolve()}"], "csp26 --lcom-set")
+        cfg = training_config(LCOMConfig, "cpu", [*args.lcom_set, f"conservative={str(conservative).lower()}",
+                                                  f"cdvae_dir={cdvae_dir.resolve()}"], "csp26 --lcom-set")
+        if (folder / "lcom.json").is_file():
+            _same_settings(folder, json.loads((folder / "lcom.json").read_text())["config"],
+                           cfg.model_dump(mode="json"), "--lcom-set")
+        else:
             t = time.perf_counter()
             LCOM.train(LCOM.read_data(csv_path, cfg), cfg, folder, tracker=None, progress=_progress(name),
                        seed=args.seed, device="cpu")
             log.info("%s trained in %.0f s", name, time.perf_counter() - t)
         folders[name] = folder
     return csv_path, cdvae_dir, folders["lcom"], folders["sl"], manifest
+
+
+def _same_settings(folder: Path, stored: Any, wanted: Any, option: str) -> None:
+    """A cached step is reused only when it was made with the settings asked for now."""
+    if stored != wanted:
+        sys.exit(f"csp26: {folder} was made with other settings than {option} ask for now; "
+                 f"use another --out or delete that folder")
 
 
 def _progress(stage: str):
@@ -259,7 +276,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     csv_path, cdvae_dir, lcom_dir, sl_dir, data_manifest = ensure_models(args)
     refs = data_manifest["references"]
-    in_training = _training_formulas(csv_path) & {_reduced(f) for f, _ in CHENG26}
+    chosen = targets(args)
+    in_training = _training_formulas(csv_path) & {_reduced(f) for f, _ in chosen}
+    if in_training and not args.allow_overlap:
+        sys.exit(f"csp26: the training set holds test formulas {sorted(in_training)}; rebuild it with them "
+                 f"excluded (or pass --allow-overlap to measure anyway)")
     models = {"LCOM": TRAINER.load(lcom_dir), "SL": TRAINER.load(sl_dir)}
     steps = models["LCOM"].config.opt_steps if args.steps is None else args.steps
     relax = Relaxations(args.out / "relax", args.workers, args.ray)
@@ -268,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timing = {m: {"optimise": [], "relax": []} for m in METHODS}
     ground: dict[str, Any] = {}
     try:
-        for formula, gs_start in targets(args):
+        for formula, gs_start in chosen:
             reduced, atoms = cell_atoms(formula, models["LCOM"].max_atoms)
             (gs, e_gs, _), = relax.relax([gs_start])
             ground[formula] = {"energy": e_gs, "spacegroup": _spacegroup(gs)}
@@ -307,7 +328,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "models": {k: v.manifest["metrics"] for k, v in models.items()},
                "cdvae": json.loads((cdvae_dir / "cdvae.json").read_text())["metrics"]}
     if args.gpaw:
-        summary["gpaw"] = gpaw_energies(args, results, ground)
+        summary["gpaw"] = gpaw_energies(args, results, ground, dict(chosen))
     summary["timing"] = {m: {k: float(np.mean(v)) if v else None for k, v in t.items()} for m, t in timing.items()}
     return summary
 
@@ -319,7 +340,8 @@ def _training_formulas(csv_path: Path) -> set[str]:
         return {row["formula"] for row in csv.DictReader(fh)}
 
 
-def gpaw_energies(args: argparse.Namespace, results: dict[str, Any], ground: dict[str, Any]) -> dict[str, Any]:
+def gpaw_energies(args: argparse.Namespace, results: dict[str, Any], ground: dict[str, Any],
+                  starts: dict[str, Any]) -> dict[str, Any]:
     """GPAW relaxations of every prediction and ground state (oracle defaults), and the criteria on them."""
     from pymatgen.core import Structure
 
@@ -339,7 +361,7 @@ def gpaw_energies(args: argparse.Namespace, results: dict[str, Any], ground: dic
         (args.out / "gpaw-gs").mkdir(parents=True, exist_ok=True)
         gs_path = args.out / "gpaw-gs" / f"{formula}.cif"
         if not gs_path.is_file():
-            ground_state(formula, dict(CHENG26)[formula]).to(filename=str(gs_path))
+            starts[formula].to(filename=str(gs_path))
         e_gs = energy(gs_path)
         out[formula] = {"ground_state": e_gs}
         for method in METHODS:
@@ -389,6 +411,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-overlap", action="store_true", help="measure even when test formulas are in the training set")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("pymatgen", "pyxtal", "mlflow", "ray", "matplotlib"):
@@ -406,7 +429,7 @@ def main() -> None:
     n = len(summary["ground_states"])
     for method in METHODS:
         r = summary["results"][method]
-        line = {"method": method, "n": n, "starts": args.starts, "steps": 0 if method in ("CDVAE-decode", "random")
+        line = {"method": method, "energies": "chgnet", "n": n, "starts": args.starts, "steps": 0 if method in ("CDVAE-decode", "random")
                 else summary["steps"],
                 "success_paper": sum(bool(x["paper"]) for x in r.values()),
                 "success_paper_formation": sum(bool(x["paper_formation"]) for x in r.values()),

@@ -407,7 +407,7 @@ def cmd_dataset(args, console) -> int:
     if args.ray or args.address:
         from discovery.actors.executor import RayExecutor
 
-        executor = RayExecutor(address=args.address)
+        executor = RayExecutor(address=args.address or "local")  # --ray alone: a fresh local instance
     return run_dataset_build(args, console, executor=executor)
 
 

@@ -174,6 +174,7 @@ def run_csp(model: Any, formulas: Sequence[str], out_dir: Path, *, starts: int =
             t0 = time.perf_counter()
             drawn = [random_start(atoms, rng) for _ in range(starts)]
             relaxed = relaxer.relax(drawn)
+            # a start whose relaxation failed goes on as drawn (recorded as start_relaxed: false)
             start_structures = [r[0] if r[0] is not None else d for r, d in zip(relaxed, drawn, strict=True)]
             t_start = time.perf_counter() - t0
             pred = predict_structures(model, formula, atoms, start_structures, steps, rng, langevin)
@@ -185,7 +186,8 @@ def run_csp(model: Any, formulas: Sequence[str], out_dir: Path, *, starts: int =
                 final, energy = finals[k]
                 sound = final is not None and energy is not None and structural_problem(final, 0.5) is None \
                     and len(final) == len(atoms) and final.composition.reduced_formula == formula
-                entries.append({"start": k, "start_energy": relaxed[k][1], "predicted_path": pred["energies"][:, k].tolist(),
+                entries.append({"start": k, "start_energy": relaxed[k][1], "start_relaxed": relaxed[k][0] is not None,
+                                "predicted_path": pred["energies"][:, k].tolist(),
                                 "decoded": pred["decoded"][k] is not None, "energy_per_atom": energy if sound else None,
                                 "sound": bool(sound)})
                 for name, s in (("start", start_structures[k]), ("decoded", pred["decoded"][k]), ("final", final)):
@@ -287,6 +289,25 @@ def add_csp_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def check_gpaw(symbols: set[str]) -> None:
+    """Refuse ``--relax gpaw`` before anything is written when GPAW or a PAW setup is missing.
+
+    Raises:
+        OracleSetupError: GPAW does not import, or an element has no PBE setup.
+    """
+    import importlib.util
+
+    from discovery.errors import OracleSetupError
+    from discovery.oracles.gpaw_oracle import GPAWConfig, setup_available
+
+    if importlib.util.find_spec("gpaw") is None:
+        raise OracleSetupError("--relax gpaw: GPAW is not installed (see DFT.md)")
+    xc = GPAWConfig().xc
+    missing = sorted(s for s in symbols if not setup_available(s, xc))
+    if missing:
+        raise OracleSetupError(f"--relax gpaw: no {xc} PAW setup for {', '.join(missing)} (install gpaw-data)")
+
+
 def cmd_csp(args, console) -> int:
     """Run ``discovery csp``; returns the exit code.
 
@@ -303,9 +324,19 @@ def cmd_csp(args, console) -> int:
         raise DataError(f"--lcom {args.lcom}: no such model folder")
     if args.cdvae is not None and not Path(args.cdvae).is_dir():
         raise DataError(f"--cdvae {args.cdvae}: no such model folder")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: exists and is not a folder")
     model = TRAINER.load(args.lcom, cdvae_dir=args.cdvae)
-    for f in args.formulas:
-        cell_atoms(f, model.max_atoms)
+    cells = [cell_atoms(f, model.max_atoms) for f in args.formulas]
+    seen: dict[tuple[str, int], str] = {}
+    for text, (formula, atoms) in zip(args.formulas, cells, strict=True):
+        if (formula, len(atoms)) in seen:
+            raise ConfigError(f"{text}: the same cell as {seen[formula, len(atoms)]}; give each formula once")
+        seen[formula, len(atoms)] = text
+    if args.relax == "gpaw":
+        from pymatgen.core import Element
+
+        check_gpaw({Element.from_Z(z).symbol for _, atoms in cells for z in atoms})
     held = getattr(args, "held_logs", None)
     if held is not None:
         held.show()

@@ -65,9 +65,14 @@ CSV_COLUMNS = ("material_id", "formula", "cif", "energy_per_atom", "formation_en
 ProgressFn = Callable[[str, int, int, dict[str, Any]], None]
 
 
+#: Settings that change how a build runs, not what it makes: a killed build may resume with others.
+RUN_SETTINGS = frozenset({"workers", "batch_size"})
+
+
 def config_hash(config: DatasetConfig) -> str:
-    """sha256 of the config's JSON (keys sorted)."""
-    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    """sha256 of the config's JSON (keys sorted), without `RUN_SETTINGS`."""
+    data = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUN_SETTINGS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- plan file
@@ -85,12 +90,13 @@ def read_plan(config: DatasetConfig, out_dir: Path) -> Plan | None:
     try:
         stored = json.loads(path.read_text())
         same = stored.get("format") == PLAN_FORMAT and stored.get("config_hash") == config_hash(config)
-    except (OSError, ValueError, AttributeError):
-        return None  # a damaged plan is made again
+        if same:
+            plan = Plan(compositions=list(stored["compositions"]), counts=dict(stored["counts"]),
+                        jobs=[Job.from_json(j) for j in stored["jobs"]])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None  # a damaged plan is made again (the work log keeps only this config's results)
     if not same:
         raise ConfigError(f"{out_dir}: holds a build of another dataset config ({path.name}); use another --out folder")
-    plan = Plan(compositions=list(stored["compositions"]), counts=dict(stored["counts"]),
-                jobs=[Job.from_json(j) for j in stored["jobs"]])
     logger.info("%s: resuming a build of %d jobs", out_dir, len(plan.jobs))
     return plan
 
@@ -341,7 +347,7 @@ def build_dataset(config: DatasetConfig, out_dir: str | Path, executor: Any = No
         raise ConfigError(f"--out {out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = read_plan(config, out_dir)
-    log = WorkLog(out_dir / "relaxations.jsonl")
+    log = WorkLog(out_dir / "relaxations.jsonl", config_hash(config))
     resumed = sum(1 for j in plan.jobs if j.id in log) if plan is not None else 0
     if plan is None or resumed < len(plan.jobs):
         workers = Workers(config, executor, planners=plan is None)

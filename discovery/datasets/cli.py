@@ -26,7 +26,7 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a value of the config (repeatable)")
     build.add_argument("--workers", type=int, default=None, help="CHGNet workers (with Ray; default: the config's)")
-    build.add_argument("--ray", action="store_true", help="relax on a local Ray instance (one worker per core)")
+    build.add_argument("--ray", action="store_true", help="relax on a fresh local Ray instance (`workers` CHGNet actors)")
     build.add_argument("--address", default=None, help="Ray cluster address (implies --ray)")
     return dataset
 

@@ -53,7 +53,7 @@ def test_killed_build_resumes_without_repeating_a_relaxation(tmp_path):
     out = tmp_path / "build"
     work = out / "relaxations.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "discovery.datasets.cli", "dataset", "build", str(config_path),
+    proc = subprocess.Popen([sys.executable, "-m", "discovery.cli", "dataset", "build", str(config_path),
                              "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -68,8 +68,9 @@ def test_killed_build_resumes_without_repeating_a_relaxation(tmp_path):
     assert len(before) < len(plan["jobs"]), "the build finished before it could be killed"
     assert not (out / "five.csv").exists()
 
-    stages = []
-    manifest = build_dataset(load_dataset_config(config_path), out, progress=lambda s, d, t, i: stages.append((s, d)))
+    stages = []  # resumed with other run settings (batch size): the same build
+    manifest = build_dataset(load_dataset_config(config_path, ["batch_size=3"]), out,
+                             progress=lambda s, d, t, i: stages.append((s, d)))
     after = lines(work)
     ids = [r["job"] for r in after]
     assert len(ids) == len(set(ids)) == len(plan["jobs"])  # every job once: none repeated
@@ -121,6 +122,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, problem, expected):
     assert len(err) == 1 and err[0].startswith("discovery: error:")
     assert expected.split(": Value error, ")[-1] in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_work_file_ignores_results_of_another_config(tmp_path):
+    from discovery.datasets.worklog import WorkLog
+
+    WorkLog(tmp_path / "w.jsonl", "config-a").append({"job": "NaBr/random-0", "status": "ok"})
+    assert "NaBr/random-0" in WorkLog(tmp_path / "w.jsonl", "config-a")
+    assert "NaBr/random-0" not in WorkLog(tmp_path / "w.jsonl", "config-b")  # a plan lost, the config changed
 
 
 def test_work_file_drops_a_line_cut_short_by_a_kill(tmp_path):

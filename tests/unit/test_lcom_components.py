@@ -59,6 +59,9 @@ def test_generator_proposes_from_seeds_and_requested_compositions(tiny):
     assert kcl and all(c.formula == "KCl" and c.n_atoms == 2 and not c.parent_ids for c in kcl)
     assert all(c.conditions["start"] == "random" for c in kcl)
     assert Composition(kcl[0].formula).reduced_formula == "KCl"
+    # compositions it cannot make (too many atoms, foreign elements) are declined, not fatal
+    assert gen.propose(2, {"composition": "K3Cl3"}, np.random.default_rng(1)) == []
+    assert gen.propose(2, {"composition": "LiF"}, np.random.default_rng(1)) == []
 
 
 def test_dft_labels_retrain_generator_and_surrogate(tiny, tmp_path):

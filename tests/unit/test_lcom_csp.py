@@ -86,6 +86,7 @@ def test_train_command_takes_the_cdvae_folder(tiny, tmp_path):
     (["Na3Cl3"], "6 atoms per cell; the CD-VAE makes 1..4"),
     (["NaCl", "--lcom", "MISSING"], "no such model folder"),
     (["NaCl", "--starts", "0"], "--starts 0"),
+    (["NaCl", "Na1Cl1"], "Na1Cl1: the same cell as NaCl"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, capsys, args, expected):
     from discovery.cli import main

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from discovery.errors import ConfigError, DataError
+from discovery.generators.feedback import record_hits
 from discovery.records import Candidate
 
 if TYPE_CHECKING:
@@ -90,12 +91,7 @@ class LCOMGenerator:
         """Remember structures, hits and labels; fine-tune on new formation-energy labels."""
         for cand in feedback.get("known", ()) or ():
             self._known.setdefault(cand.id, cand)
-        for hit in feedback.get("hits", ()) or ():
-            if isinstance(hit, Candidate):
-                self._known[hit.id] = hit
-                self._hits.setdefault(hit.id, None)
-            else:
-                self._hits.setdefault(str(hit), None)
+        record_hits(feedback, self._known, self._hits)
         prop = feedback.get("property", FORMATION_ENERGY)
         for cand, value in feedback.get("labels", ()) or ():
             self._known[cand.id] = cand
@@ -198,6 +194,25 @@ class LCOMGenerator:
 
     # ------------------------------------------------------------------ proposals
 
+    def _composition(self, text: str) -> tuple[str | None, list[int] | None]:
+        """The reduced formula and atoms of a requested composition; (None, None) for one this
+        campaign or model cannot make (a composition model may suggest such formulas: declined,
+        as the CD-VAE generator does, instead of ending the campaign)."""
+        from discovery.models.lcom.starts import cell_atoms
+
+        try:
+            formula, atoms = cell_atoms(text, self.model.max_atoms)
+        except ConfigError as exc:
+            logger.info("lcom: composition %s declined (%s)", text, exc)
+            return None, None
+        from pymatgen.core import Element
+
+        symbols = {Element.from_Z(z).symbol for z in atoms}
+        if (self.elements and not symbols <= self.elements) or (self.max_atoms and len(atoms) > self.max_atoms):
+            logger.info("lcom: composition %s declined (outside the campaign's elements or max_atoms)", text)
+            return None, None
+        return formula, atoms
+
     def propose(self, n: int, conditions: dict[str, Any], rng: np.random.Generator) -> list[Candidate]:
         """Up to ``n`` valid, distinct crystals (see the module docstring)."""
         from discovery.structures import make_candidate, structural_problem
@@ -206,9 +221,9 @@ class LCOMGenerator:
             return []
         formula, atoms = None, None
         if conditions.get("composition"):
-            from discovery.models.lcom.starts import cell_atoms
-
-            formula, atoms = cell_atoms(str(conditions["composition"]), self.model.max_atoms)
+            formula, atoms = self._composition(str(conditions["composition"]))
+            if formula is None:
+                return []
         bases = self._bases(formula, atoms, rng)
         if not bases:
             logger.info("lcom: no usable base%s", f" for {formula}" if formula else "")

@@ -148,6 +148,15 @@ class CDVAEModel:
 
     # ------------------------------------------------------------------ latent space
 
+    def read_graph_cache(self, path: str | Path) -> None:
+        """Take CrystalNN graphs from a cache file (e.g. this model's ``cache/crystalnn.npz`` of its
+        training crystals) instead of recomputing them; nothing is written to it."""
+        from discovery.models.cdvae.graphs import CrystalNNCache
+
+        if Path(path).is_file():
+            self._graph_cache = CrystalNNCache(path)
+            self._graph_cache.path = None  # read from, never written back
+
     def encode(self, structures: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and log-variance of each structure. Shapes: (n, latent) each."""
         mus, logvars = [], []

@@ -24,6 +24,11 @@ the paper's CSP task). The leaky ReLU slope is 0.2 (TensorFlow's default, which 
 paper gives no slope).
 
 ``conservative: false`` drops the COMs term: the paper's supervised latent baseline ("SL").
+
+**Deviation recorded**: the paper's latent space comes from a CD-VAE variant with a GemNet-dQ decoder
+and no atom-type or atom-count reconstruction terms (MODELS.md 0.4). Ours is the project's CD-VAE
+(`discovery.models.cdvae`: DimeNet++ encoder, direct-force decoder, CD-VAE's full loss including
+type and count terms); composition and atom count are forced at decoding, as in the paper.
 """
 
 from __future__ import annotations

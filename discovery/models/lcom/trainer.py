@@ -44,7 +44,6 @@ MANIFEST_FORMAT = "lcom-model"
 MANIFEST_VERSION = 1
 MODEL_FORMAT = "lcom-model-weights"
 MODEL_VERSION = 1
-ENCODE_BATCH = 128
 
 
 @dataclass
@@ -77,33 +76,6 @@ class LCOMData:
         return len(self.ids)
 
 
-def encode_structures(cdvae: Any, structures: list[Any], cache_path: Path | None = None) -> np.ndarray:
-    """CD-VAE posterior means of ``structures``, with the CrystalNN graphs read from ``cache_path``
-    where present (the CD-VAE folder's cache of its training graphs; nothing is written).
-    Shapes: (n, latent)."""
-    import torch
-    from torch_geometric.loader import DataLoader
-
-    from discovery.models.cdvae.data import to_graph_data
-    from discovery.models.cdvae.graphs import CrystalNNCache, canonical_structure
-
-    cache = CrystalNNCache(cache_path if cache_path is not None and Path(cache_path).is_file() else None)
-    canonical = []
-    for s in structures:
-        try:
-            canonical.append(canonical_structure(s, niggli=cdvae.config.niggli))
-        except Exception:  # Niggli reduction fails on some degenerate cells
-            canonical.append(canonical_structure(s, niggli=False))
-    graphs = to_graph_data(canonical, None, cache)
-    out = []
-    module = cdvae.module.eval()
-    with torch.no_grad():
-        for batch in DataLoader(graphs, batch_size=ENCODE_BATCH, shuffle=False):
-            mu, _, _ = module.encode(batch.to(cdvae.device), sample=False)
-            out.append(mu.cpu().numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, cdvae.latent_dim), np.float32)
-
-
 def load_cdvae(folder: Path, device: str = "cpu") -> Any:
     """The CD-VAE of ``folder`` (DataError when missing or damaged)."""
     from discovery.models.cdvae.trainer import TRAINER as CDVAE_TRAINER
@@ -127,6 +99,7 @@ class LCOMTrainer:
             DataError: missing CD-VAE folder, unreadable CSV, no such property, too few usable rows.
         """
         from discovery.data.loaders import load_cdvae_csv
+        from discovery.models.cdvae.data import MAX_Z
 
         if config.cdvae_dir is None:
             raise ConfigError("lcom: cdvae_dir is required (the trained CD-VAE folder that encodes the data; "
@@ -143,7 +116,7 @@ class LCOMTrainer:
         for cand in loaded.candidates:
             value = loaded.labels.get(cand.id, {}).get(config.property)
             s = cand.pmg
-            if value is None or not np.isfinite(value) or len(s) > cdvae.max_atoms or max(s.atomic_numbers) > 94:
+            if value is None or not np.isfinite(value) or len(s) > cdvae.max_atoms or max(s.atomic_numbers) > MAX_Z:
                 data.n_skipped += 1
                 continue
             data.ids.append(cand.id)
@@ -167,7 +140,8 @@ class LCOMTrainer:
 
         data.y = np.asarray(ys, dtype=np.float64)
         data.comp = composition_matrix(structures, config.composition)
-        data.mu = encode_structures(cdvae, structures, Path(config.cdvae_dir) / "cache" / "crystalnn.npz")
+        cdvae.read_graph_cache(Path(config.cdvae_dir) / "cache" / "crystalnn.npz")
+        data.mu = cdvae.encode(structures)[0].astype(np.float32)
         logger.info("%s: %d structures encoded (%d rows, %d skipped)", path, len(data), data.n_rows, data.n_skipped)
         return data
 

@@ -154,8 +154,14 @@ class LCOMModel:
         """A copy whose members continue the conservative training for ``steps`` optimiser steps
         (Adam at ``lr``; None: the training rate) on the labels ``y`` (eV/atom) at standardised
         latents ``z``, mixed with ``replay`` training examples drawn at random (keeps the model from
-        forgetting the training set; the labels are repeated to weigh as much as the replay). The scalers and the CD-VAE are shared; each member continues
-        its own multiplier."""
+        forgetting the training set; the labels are repeated to weigh as much as the replay). The
+        scalers and the CD-VAE are shared; each member continues its own multiplier.
+
+        Multi-fidelity on purpose (DESIGN rule 2): in a campaign the labels are DFT formation
+        energies while the replayed rows carry the training set's fidelity (CHGNet for the sets
+        `discovery.datasets` builds). The model learns DFT where it has DFT labels and keeps the
+        MLIP landscape elsewhere; a systematic offset between the two fidelities is learned near the
+        labels only (no separate offset term)."""
         z = np.asarray(z, np.float32)
         comp = np.asarray(comp, np.float32).reshape(len(z), -1)
         y_std = (np.asarray(y, np.float64) - self.y_mean) / self.y_std

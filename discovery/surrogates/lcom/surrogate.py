@@ -3,7 +3,8 @@
 - ``predict`` / ``predict_members``: every LCOM member at the candidate's standardised latent and
   composition vector; the mean is the prediction, the members' population std the uncertainty.
   A candidate the CD-VAE cannot encode (more atoms than it makes, elements beyond Z = 94) gets the
-  training mean and ``unencodable_std`` (every member reports the mean +- that std, alternating).
+  training mean and ``unencodable_std``: the members report the mean plus offsets of zero mean
+  and exactly that population std. An ensemble of one has no spread, so it is refused.
 - ``embed``: the standardised latent itself (for batch diversity).
 - ``fit(candidates, targets)``: the members continue their conservative training from the trained
   weights for ``fine_tune_steps`` steps on the labels plus ``replay`` training rows
@@ -51,6 +52,9 @@ class LCOMSurrogate:
         if config.preset is not None and self.base_model.config.preset != config.preset:
             raise ConfigError(f"surrogate: lcom {config.checkpoint_dir} holds a {self.base_model.config.preset!r} "
                               f"model, the campaign asks for {config.preset!r}")
+        if len(self.base_model.members) < 2:
+            raise ConfigError(f"surrogate: lcom {config.checkpoint_dir} has one member, so no uncertainty; train it "
+                              f"with ensemble_size >= 2 (the cpu preset has 3)")
         self.model = self.base_model
         seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
         self._seed = int(seq.generate_state(1)[0])
@@ -66,17 +70,23 @@ class LCOMSurrogate:
     def _features(self, cands: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Standardised latents (zeros where unencodable), composition vectors and an encodable mask."""
         keys = [(c.id, c.n_atoms) for c in cands]  # a supercell shares its primitive cell's id
+        todo = {}
         for c, key in zip(cands, keys, strict=True):
-            if key in self._z:
-                continue
-            if c.n_atoms > self.model.max_atoms:
-                self._z[key] = None
-                continue
-            try:
-                self._z[key] = self.model.encode([c.pmg])[0]
-            except (DataError, ConfigError, ValueError) as exc:
-                logger.info("lcom surrogate: %s cannot be encoded (%s)", c.id, exc)
-                self._z[key] = None
+            if key not in self._z and key not in todo:
+                todo[key] = c
+        fits = [(k, c) for k, c in todo.items() if c.n_atoms <= self.model.max_atoms]
+        self._z.update({k: None for k, c in todo.items() if c.n_atoms > self.model.max_atoms})
+        try:  # one batch; when one crystal spoils it, each on its own
+            if fits:
+                self._z.update(zip([k for k, _ in fits], self.model.encode([c.pmg for _, c in fits]),
+                                   strict=True))
+        except (DataError, ConfigError, ValueError):
+            for key, c in fits:
+                try:
+                    self._z[key] = self.model.encode([c.pmg])[0]
+                except (DataError, ConfigError, ValueError) as exc:
+                    logger.info("lcom surrogate: %s cannot be encoded (%s)", c.id, exc)
+                    self._z[key] = None
         ok = np.array([self._z[k] is not None for k in keys], dtype=bool)
         z = np.stack([self._z[k] if self._z[k] is not None else np.zeros(self.model.latent_dim, np.float32)
                       for k in keys]) if cands else np.zeros((0, self.model.latent_dim), np.float32)
@@ -94,8 +104,9 @@ class LCOMSurrogate:
         z, comp, ok = self._features(cands)
         out = self.model.predict_members(z, comp)
         if not ok.all():
-            signs = np.where(np.arange(m) % 2 == 0, 1.0, -1.0)[:, None] if m > 1 else np.zeros((1, 1))
-            out[:, ~ok] = self.model.y_mean + signs * self.config.unencodable_std
+            offsets = np.arange(m) - (m - 1) / 2.0
+            offsets = offsets / offsets.std()  # zero mean, population std 1 (m >= 2)
+            out[:, ~ok] = self.model.y_mean + offsets[:, None] * self.config.unencodable_std
         return out
 
     def predict(self, candidates: Sequence[Candidate]) -> list[Prediction]:
