@@ -14,10 +14,14 @@ OFFLINE := scripts/loopback-only
 
 install: $(VENV)/.installed
 
-# Debian packages GPAW links against; skipped when already present.
+# Debian packages GPAW links against; skipped when already present. chromium (the campaign report's
+# browser test) is best effort: without it that one test skips and says why.
 $(VENV)/.apt:
 	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || \
 	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PACKAGES))
+	@dpkg -s chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium) \
+	  || echo "chromium not installed: the report's browser test will be skipped"
 	@mkdir -p $(VENV) && touch $@
 
 # torch is installed first and pinned so pip takes the local CPU wheel, not CUDA packages.

@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("out", type=Path, help="campaign folder")
     st.add_argument("--json", action="store_true", help="print one JSON object")
 
+    rep = sub.add_parser("report", help="write a campaign's self-contained report.html (works while it runs)")
+    rep.add_argument("out", type=Path, help="campaign folder")
+    rep.add_argument("--out", dest="report", type=Path, default=None, metavar="FILE",
+                     help="where to write it (default: DIR/report.html)")
+
     _replay_parser(sub, "benchmark", "retrospective campaigns on a labelled table: policies x seeds",
                    "benchmark YAML file (see configs/benchmarks/)", "runs/benchmarks/<name>",
                    "the summary as one JSON object")
@@ -175,6 +180,7 @@ def _stdout_console():
 
 
 def cmd_run(args, console) -> int:
+    from discovery.campaign_report import try_write_report
     from discovery.config import load_config
     from discovery.launch import prepare
     from discovery.report import campaign_status, write_artifacts
@@ -198,9 +204,10 @@ def cmd_run(args, console) -> int:
             tracker.log_artifact(f, "cifs" if f.suffix == ".cif" else None)
         tracker.log_metrics({k: status[k] for k in ("dft_completed", "dft_failed", "hits", "wall_s",
                                                    "dft_busy_fraction", "dft_repeated")}, step=status["rounds"])
+        report = try_write_report(prepared.out_dir, tracker)  # a warning, never a failed campaign
         tracker.close(status_word)
     print_table(status, _stdout_console())
-    console.print(f"campaign folder: {prepared.out_dir}")
+    console.print(f"campaign folder: {prepared.out_dir}" + (f"; report: {report}" if report else ""))
     return 0
 
 
@@ -225,6 +232,17 @@ def cmd_status(args, console) -> int:
         print(json.dumps(status, indent=2, default=str))
     else:
         print_table(status, _stdout_console())
+    return 0
+
+
+def cmd_report(args, console) -> int:
+    import time
+
+    from discovery.campaign_report import write_report
+
+    started = time.perf_counter()
+    path = write_report(args.out, args.report)
+    console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
     return 0
 
 
@@ -427,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (batch schedulers, `kill`) stops as cleanly as Ctrl-C: actors and workers are shut down
     signal.signal(signal.SIGTERM, _interrupt)
     handlers = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "benchmark": cmd_benchmark,
-                "kinds": cmd_kinds,
+                "kinds": cmd_kinds, "report": cmd_report,
                 "tune": cmd_tune, "train": cmd_train,
                 "dataset": cmd_dataset, "csp": cmd_csp}
     try:

@@ -22,8 +22,9 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from discovery import registry
-from discovery.configbase import (Strict, apply_overrides, flatten, read_yaml_mapping,  # noqa: F401 - re-export
-                                  validate)
+from discovery.configbase import (MAX_CPUS, MAX_DFT_PER_ROUND, MAX_DFT_SLOTS, MAX_ROUNDS, Strict, apply_overrides,
+                                  read_yaml_mapping, validate)
+from discovery.configbase import flatten  # noqa: F401 - re-export
 from discovery.errors import ConfigError
 from discovery.lifecycle import check_model_folder, model_sources, resolve_model_paths
 from discovery.policies.configs import GeneratorBanditConfig  # the loop's bandit, not a component kind
@@ -140,8 +141,8 @@ class ExecutionConfig(Strict):
 
     backend: Literal["ray", "local"] = "ray"
     address: str | None = Field(None, description="Ray cluster address; default: a local instance")
-    dft_slots: int = Field(2, ge=1, description="concurrent DFT calculations (one CPU each)")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance")
+    dft_slots: int = Field(2, ge=1, le=MAX_DFT_SLOTS, description="concurrent DFT calculations (one CPU each)")
+    num_cpus: int | None = Field(None, ge=1, le=MAX_CPUS, description="CPUs of a local Ray instance")
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per DFT calculation when a failure is "
                               "retryable (a lost worker or node, an out-of-memory kill, a timeout)")
     dft_resource: str | None = Field("auto", description="custom Ray resource DFT actors ask for; null: none")
@@ -177,14 +178,16 @@ PolicyConfig = registry.component_field("policy", DEFAULT_KINDS["policy"])
 class CampaignConfig(Strict):
     """One campaign: chemistry, data, components, budget and where things run.
 
-    The component fields are validated against the registry (see the module docstring).
+    The component fields are validated against the registry (see the module docstring). Counts
+    are bounded (`discovery.configbase.MAX_ROUNDS` and its neighbours); a campaign *file* must
+    also state `REQUIRED_KEYS` (checked by `load_config`; the defaults here serve code and tests).
     """
 
     name: str = Field("campaign", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$",
                       description="a folder name: letters, digits, _ . - (not starting with a dot)")
     seed: int = Field(0, ge=0, lt=2**63)
-    rounds: int = Field(3, ge=1, le=100_000)
-    dft_per_round: int = Field(4, ge=1, le=100_000)
+    rounds: int = Field(3, ge=1, le=MAX_ROUNDS)
+    dft_per_round: int = Field(4, ge=1, le=MAX_DFT_PER_ROUND)
     chemistry: ChemistryConfig = ChemistryConfig()
     data: DataConfig = DataConfig()
     generators: list[GeneratorConfig] = Field(
@@ -225,6 +228,11 @@ class CampaignConfig(Strict):
 
 # ----------------------------------------------------------------------------- loading
 
+#: What a campaign file must state itself (the model's defaults serve code and tests): its name,
+#: which is its folder, and the elements it explores. An empty file would otherwise start a full
+#: default campaign.
+REQUIRED_KEYS = ("name", "chemistry.elements")
+
 
 def validate_config(raw: dict[str, Any], source: str = "<config>") -> CampaignConfig:
     """Validate a raw campaign mapping (paths are taken as they are; see `load_config`)."""
@@ -242,8 +250,22 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Campaig
     raw = read_yaml_mapping(path, "campaign")
     if overrides and "generators" not in raw and any(o.startswith("generators.") for o in overrides):
         raw["generators"] = [dict(g) for g in DEFAULT_GENERATORS]  # --set generators.0.x edits the default list
-    config = validate_config(apply_overrides(raw, overrides, source), source)
-    return _resolve_paths(config, path.parent, source)
+    raw = apply_overrides(raw, overrides, source)
+    config = _resolve_paths(validate_config(raw, source), path.parent, source)
+    _check_required(raw, source)
+    return config
+
+
+def _check_required(raw: dict[str, Any], source: str) -> None:
+    """`REQUIRED_KEYS` are in the file (or an override); checked last, so a wrong value or path is
+    reported before a missing key."""
+    for dotted in REQUIRED_KEYS:
+        node: Any = raw
+        for key in dotted.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            raise ConfigError(f"{source}: {dotted}: required key is missing (a campaign file states at least "
+                              f"{' and '.join(REQUIRED_KEYS)})")
 
 
 def _resolve_paths(config: CampaignConfig, base: Path, source: str) -> CampaignConfig:

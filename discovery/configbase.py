@@ -25,6 +25,14 @@ MAX_QUOTED_CHARS = 80
 MAX_CONFIG_BYTES = 2_000_000
 MAX_YAML_NODES = 200_000
 MAX_YAML_DEPTH = 64
+#: Upper bounds on the counts a campaign sets. Far above any campaign that can finish (10,000 rounds
+#: of DFT is years of cluster time), low enough that a slip (three zeros too many) is refused up
+#: front instead of allocating or planning for it.
+MAX_ROUNDS = 10_000
+MAX_DFT_PER_ROUND = 10_000
+MAX_DFT_SLOTS = 10_000
+MAX_CPUS = 100_000
+MAX_PROPOSALS_PER_ROUND = 100_000
 
 
 class _BoundedLoader(yaml.SafeLoader):

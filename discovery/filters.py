@@ -50,11 +50,13 @@ class FilterResult:
         rejected: reason -> count, reasons being ``invalid_structure``, ``invalid_composition``,
             ``duplicate`` (of another candidate of the same batch) and ``known``.
         messages: candidate id -> reason message, for the rejected ones.
+        reasons: candidate id -> reason, for the rejected ones (per-generator funnel counts).
     """
 
     accepted: list[Candidate] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)
     messages: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_rejected(self) -> int:
@@ -139,6 +141,7 @@ class CandidateFilter:
         def reject(cand: Candidate, reason: str, message: str) -> None:
             result.rejected[reason] = result.rejected.get(reason, 0) + 1
             result.messages[cand.id] = message
+            result.reasons[cand.id] = reason
 
         for cand in candidates:
             structure = cand.pmg

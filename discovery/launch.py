@@ -20,7 +20,7 @@ from discovery.campaign import Campaign, Reporter
 from discovery.campaign.allocation import generator_labels
 from discovery.config import CampaignConfig, config_to_yaml, flatten
 from discovery.errors import ConfigError, DataError
-from discovery.ledger.sqlite import SqliteLedger
+from discovery.ledger.sqlite import SqliteLedger, check_ledger
 from discovery.lifecycle import model_sources, needs_training
 from discovery.report import LEDGER_NAME
 from discovery.seeds import reference_candidates, seed_candidates
@@ -46,6 +46,8 @@ def check_folder(out_dir: Path, resume: bool) -> None:
                           "or choose another --out")
     if resume and not has_ledger:
         raise ConfigError(f"{out_dir}: --resume given but there is no campaign here")
+    if resume:
+        check_ledger(out_dir / LEDGER_NAME)  # a damaged ledger is refused before anything is written
 
 
 def check_resume_compatible(config: CampaignConfig, out_dir: Path) -> None:

@@ -39,11 +39,8 @@ def is_running(out_dir: Path) -> bool:
     return False
 
 
-def _wall_s(ledger: SqliteLedger, running: bool) -> float:
+def _wall_s(times: list[float], sessions: list[tuple[str, int, dict[str, Any], float]], running: bool) -> float:
     """Sum of driver sessions; a killed session ends at its last record."""
-    times = [created for _, _, _, created in ledger.db.execute(
-        "SELECT key, round, payload, created FROM records ORDER BY seq")]
-    sessions = list(ledger.rows("session"))
     total, start = 0.0, None
     for key, _, payload, created in sessions:
         if key == "start":
@@ -62,19 +59,20 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
     """Counts, best candidates and DFT utilisation of the campaign in ``out_dir``.
 
     Raises:
-        LedgerError: ``out_dir`` holds no campaign.
+        LedgerError: ``out_dir`` holds no campaign, or its ledger is damaged.
     """
     out_dir = Path(out_dir)
     ledger = SqliteLedger(out_dir / LEDGER_NAME, writer=False)
     try:
-        running = is_running(out_dir)
         meta = ledger.meta()
         state = CampaignState.from_ledger(ledger)
         rounds = [p for _, _, p, _ in ledger.rows("round")]
         n_submitted = ledger.count("submission")
-        wall = _wall_s(ledger, running)
+        times, sessions = ledger.times(), list(ledger.rows("session"))
     finally:
         ledger.close()
+    running = is_running(out_dir)  # after the reads: the lock file of a damaged ledger stays untouched
+    wall = _wall_s(times, sessions, running)
 
     refs, dft, candidates = state.references, state.dft, state.candidates
     mlip = [e for i, e in state.mlip.items() if i not in refs]

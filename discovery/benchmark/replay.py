@@ -214,8 +214,9 @@ def _posterior(config: BenchmarkConfig, entry: PolicyEntry, props: list[str], ta
     for k, p in enumerate(props):
         have = np.flatnonzero(np.isfinite(known[p]))
         if len(have) < 2:
+            fix = f"{table.bad_values[p]}: fix those cells or " if p in table.bad_values else ""
             raise DataError(f"{table.source}: fewer than 2 labelled rows of {p!r} in the initial set; "
-                            "raise initial_fraction")
+                            f"{fix}raise initial_fraction")
         surrogate = make_surrogate(config.surrogate, p,
                                    np.random.SeedSequence(surrogate_seq.entropy,
                                                           spawn_key=(*surrogate_seq.spawn_key, k)))

@@ -21,9 +21,10 @@ import numpy as np
 from discovery.build import ComponentSpec
 from discovery.campaign.allocation import campaign_arms, proposal_quotas
 from discovery.campaign.scoring import OBJECTIVE_PROPERTY, policy_context, posterior, predict_ehull
-from discovery.campaign.screening import RoundStats, screen
+from discovery.campaign.screening import RoundStats, generator_funnel, screen
 from discovery.campaign_state import CampaignState
 from discovery.config import CampaignConfig
+from discovery.errors import ConfigError
 from discovery.executor import Executor
 from discovery.ledger.sqlite import SqliteLedger, evaluation_key
 from discovery.objective import Bound, Objective
@@ -185,6 +186,7 @@ class Campaign:
         for ref in self.references.values():
             if ref.id not in self.state.dft and ref.id not in self.state.submitted:
                 self._submit(ref, -1)
+        self._check_references()  # a resumed campaign whose references had all failed stops here
         self._progress()
         if self.config.mlip.enabled:
             todo = [r for r in self.references.values() if r.id not in self.state.mlip]
@@ -192,6 +194,21 @@ class Campaign:
                 self.reporter.status(f"CHGNet: relaxing {len(todo)} references")
                 for ev in self.executor.call("mlip", "evaluate_many", todo):
                     self._record_mlip(ev, -1)
+
+    def _check_references(self) -> None:
+        """Stop once every reference has failed for good: without them there is no hull, so no
+        candidate can be judged, and later rounds would only spend DFT on nothing.
+
+        Raises:
+            ConfigError: one line with the first failures (the DFT settings are the usual cause).
+        """
+        results = [self.state.dft.get(cid) for cid in self.references]
+        if not results or any(ev is None or ev.ok for ev in results) or self._inflight.keys() & self.references:
+            return
+        shown = "; ".join(f"{self.references[ev.candidate_id].formula}: {ev.failure.error_class}"
+                          for ev in results[:3] if ev.failure is not None)
+        raise ConfigError(f"dft: every reference failed ({shown}{'; ...' if len(results) > 3 else ''}), so there "
+                          "is no hull to judge candidates by; check the dft settings and start a new --out")
 
     def _submit(self, cand: Candidate, rnd: int, attempt: int = 1) -> None:
         self.ledger.append("submission", evaluation_key(cand.id, self.state.dft_fingerprint, attempt),
@@ -229,6 +246,8 @@ class Campaign:
                 pending.discard(ev.candidate_id)
                 if not pending and rnd >= 0:
                     self._round_finished(rnd)
+            if ev.candidate_id in self.references:
+                self._check_references()
         if evaluations:
             self._progress()
 
@@ -303,6 +322,8 @@ class Campaign:
         self.ledger.add_selection(selection)
         self.state.predicted.update(selection.predictions)
         stats.selected = len(selection.candidate_ids)
+        stats.by_generator = generator_funnel(proposed, result.reasons, accepted,
+                                              pool if self.config.mlip.enabled else None, selection.candidate_ids)
         by_id = {c.id: c for c in pool}
         for cid in selection.candidate_ids:
             self._submit(self._dft_start(by_id[cid]), rnd)

@@ -4,6 +4,7 @@ dropped; the rest carry their CHGNet e_above_hull (the prior before the surrogat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,39 @@ class RoundStats:
     mlip_passed: int = 0
     selected: int = 0
     scored_by: str = ""
+    by_generator: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The funnel per generator label (`generator_funnel`), for the campaign report."""
+
+
+def generator_funnel(proposed: list[Candidate], reasons: dict[str, str], accepted: list[Candidate],
+                     passed: list[Candidate] | None, selected: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per generator label: proposed, valid (structure and composition), novel, CHGNet-passed
+    (left out when ``passed`` is None: no MLIP screen) and selected.
+
+    Args:
+        reasons: candidate id -> why the filter rejected it (`discovery.filters.FilterResult`).
+        passed: the pool the MLIP screen kept; selected: the chosen ids (all from that pool).
+    """
+    from discovery.filters import REASON_COMPOSITION, REASON_STRUCTURE
+
+    out: dict[str, dict[str, int]] = {}
+
+    def row(label: str) -> dict[str, int]:
+        return out.setdefault(label, {"proposed": 0, "valid": 0, "novel": 0, "selected": 0,
+                                      **({} if passed is None else {"mlip_passed": 0})})
+
+    for c in proposed:
+        row(c.generator)["proposed"] += 1
+        row(c.generator)["valid"] += reasons.get(c.id) not in (REASON_STRUCTURE, REASON_COMPOSITION)
+    for c in accepted:
+        row(c.generator)["novel"] += 1
+    by_id = {c.id: c for c in accepted}
+    for c in passed or ():
+        row(c.generator)["mlip_passed"] += 1
+    for cid in selected:
+        if cid in by_id:
+            row(by_id[cid].generator)["selected"] += 1
+    return out
 
 
 def novel_after_relaxation(candidate_filter: Any, pairs: list[tuple[Candidate, Evaluation]]

@@ -2,9 +2,11 @@
 
 A CDVAE CSV has one crystal per row, the structure as a CIF string in column ``cif`` and numeric
 property columns (``heat_ref``, ``dir_gap``, ``energy_per_atom``, ...). Rows whose CIF cannot be
-parsed are counted, the first few reported, and skipped; a loader never crashes on bad data. A
-missing file, or a file that is not a CDVAE CSV, is a user error: `DataError` with one line naming
-the file.
+parsed are counted, the first few reported, and skipped; a loader never crashes on bad data. So are
+property cells that are not numbers (the row keeps its structure, that cell gives no label): a
+column with some numbers is a property column and its other cells are reported; a column without
+any number (``elements``, a note) is text and is not. A missing file, or a file that is not a
+CDVAE CSV, is a user error: `DataError` with one line naming the file.
 
 The shared benchmark folder is found by `default_data_dir`.
 """
@@ -30,6 +32,9 @@ MAX_ERRORS_KEPT = 5
 ENV_DATA_DIR = "DISCOVERY_DATA_DIR"
 # Columns that are identifiers or text, never labels.
 _NON_LABEL_COLUMNS = {"", "cif", "formula", "material_id", "id", "index", "unnamed: 0", "pretty_formula"}
+# Cells that say "no value" (pandas writes NaN as an empty cell; other tools write these): missing
+# labels, not bad ones.
+_MISSING = {"", "nan", "na", "n/a", "none", "null"}
 
 
 @dataclass
@@ -45,6 +50,11 @@ class LoadedData:
             ``"FILE: reason"`` messages.
         n_filtered: rows dropped by the ``elements`` filter.
         n_duplicates: rows whose structure has the id of an earlier row (not loaded twice).
+        n_bad_values: cells of property columns (columns with at least one number) that are not
+            numbers, in loaded rows; those cells give no label.
+        bad_values: column -> ``"N of M cells of 'col' are not numbers (first: row R: 'text')"``,
+            for every column with such cells, text columns included (for errors about a column
+            that was asked for as a property).
         source: the file or folder read.
     """
 
@@ -55,6 +65,8 @@ class LoadedData:
     errors: list[str] = field(default_factory=list)
     n_filtered: int = 0
     n_duplicates: int = 0
+    n_bad_values: int = 0
+    bad_values: dict[str, str] = field(default_factory=dict)
     source: str = ""
 
     def _error(self, message: str) -> None:
@@ -117,18 +129,45 @@ def _formula_elements_ok(formula: str | None, elements: Collection[str] | None) 
     return {str(getattr(el, "symbol", el)) for el in comp.elements} <= set(elements)
 
 
-def _labels(row: dict[str, str]) -> dict[str, float]:
-    out = {}
-    for key, raw in row.items():
-        if key is None or key.strip().lower() in _NON_LABEL_COLUMNS or raw is None:
-            continue
-        try:
-            value = float(raw)
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            out[key.strip()] = value
-    return out
+class _ValueTally:
+    """Per column: cells read, cells that are numbers, and the non-numbers (count, first one)."""
+
+    def __init__(self) -> None:
+        self.cells: dict[str, int] = {}
+        self.numbers: dict[str, int] = {}
+        self.bad: dict[str, tuple[int, int, str]] = {}  # column -> (count, first row, first text)
+
+    def labels(self, row: dict[str, str], row_number: int) -> dict[str, float]:
+        """The row's numeric cells as labels; every other non-empty cell is tallied."""
+        out = {}
+        for key, raw in row.items():
+            if key is None or key.strip().lower() in _NON_LABEL_COLUMNS or raw is None:
+                continue
+            col, text = key.strip(), raw.strip()
+            self.cells[col] = self.cells.get(col, 0) + 1
+            if text.lower() in _MISSING:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+            if math.isfinite(value):
+                out[col] = value
+                self.numbers[col] = self.numbers.get(col, 0) + 1
+            else:  # text, or inf: no label, and worth saying so
+                count, first_row, first = self.bad.get(col, (0, row_number, text))
+                self.bad[col] = (count + 1, first_row, first)
+        return out
+
+    def report(self, data: LoadedData) -> None:
+        """Fill ``data.bad_values``/``n_bad_values`` and warn about property columns."""
+        for col, (count, first_row, first) in self.bad.items():
+            shown = first if len(first) <= 40 else first[:37] + "..."
+            data.bad_values[col] = (f"{count} of {self.cells[col]} cells of {col!r} are not numbers "
+                                    f"(first: row {first_row}: {shown!r})")
+            if self.numbers.get(col):  # a property column, not a text one
+                data.n_bad_values += count
+                logger.warning("%s: %s; those rows have no %s label", data.source, data.bad_values[col], col)
 
 
 def load_cdvae_csv(
@@ -153,6 +192,7 @@ def load_cdvae_csv(
     if not path.is_file():
         raise DataError(f"{path}: CDVAE CSV not found")
     data = LoadedData(source=str(path))
+    tally = _ValueTally()
     generator = f"dataset:{path.stem}"
     csv.field_size_limit(sys.maxsize)
     try:
@@ -184,12 +224,14 @@ def load_cdvae_csv(
                     data.n_duplicates += 1
                     continue
                 data.candidates.append(cand)
-                data.labels[cand.id] = _labels(row)
+                data.labels[cand.id] = tally.labels(row, row_number)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read as CSV ({exc})") from None
+    tally.report(data)
     logger.info(
-        "%s: %d rows, %d loaded, %d corrupt, %d filtered, %d duplicates",
+        "%s: %d rows, %d loaded, %d corrupt, %d filtered, %d duplicates, %d non-numeric property cells",
         path, data.n_rows, len(data.candidates), data.n_corrupt, data.n_filtered, data.n_duplicates,
+        data.n_bad_values,
     )
     return data
 

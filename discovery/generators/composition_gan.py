@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from discovery.configbase import MAX_PROPOSALS_PER_ROUND
 from discovery.kinds import BuildContext, Kind
 from discovery.lifecycle import TrainedModelFields
 from discovery.models.composition_gan.config import CompositionGANConfig, CompositionVAEConfig
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 class _CompositionGeneratorFields(TrainedModelFields):
-    n_per_round: int = Field(20, ge=1, le=100_000)
+    n_per_round: int = Field(20, ge=1, le=MAX_PROPOSALS_PER_ROUND)
     target_ev: float = Field(-3.0, description="target formation energy per atom (eV/atom) without a condition")
     samples: int = Field(256, ge=1, description="compositions generated per propose call")
     restrict_elements: bool = Field(True, description="zero elements outside the campaign before the threshold")

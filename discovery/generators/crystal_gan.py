@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from discovery.configbase import MAX_PROPOSALS_PER_ROUND
 from discovery.kinds import BuildContext, Kind
 from discovery.lifecycle import TrainedModelFields
 from discovery.models.crystal_gan.config import CrystalGANConfig
@@ -62,7 +63,7 @@ class CrystalGANGeneratorConfig(TrainedModelFields):
     training_model: ClassVar[type] = CrystalGANConfig
 
     kind: Literal["crystal_gan"] = "crystal_gan"
-    n_per_round: int = Field(20, ge=1, le=100_000)
+    n_per_round: int = Field(20, ge=1, le=MAX_PROPOSALS_PER_ROUND)
     decoder: Literal["forced", "threshold", "qnet"] = Field(
         "forced", description="forced: the conditioned counts' rows with the largest sums (the composition asked "
                               "for); threshold: the paper's 0.4 row rule; qnet: the Q-network's row occupancy")

@@ -49,6 +49,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from discovery.configbase import MAX_PROPOSALS_PER_ROUND
 from discovery.errors import ConfigError, DataError
 from discovery.featurize.deciles import DecileConditions, one_hot
 from discovery.kinds import BuildContext, Kind
@@ -79,7 +80,7 @@ class ICSG3DGeneratorConfig(TrainedModelFields):
     training_model: ClassVar[type] = ICSG3DConfig
 
     kind: Literal["icsg3d"] = "icsg3d"
-    n_per_round: int = Field(20, ge=1, le=100_000)
+    n_per_round: int = Field(20, ge=1, le=MAX_PROPOSALS_PER_ROUND)
     mode: Literal["random", "targeted"] = "targeted"
     target_decile: int | None = Field(
         None, ge=0, description="condition decile to sample; default: the lowest (most stable) one")

@@ -34,7 +34,7 @@ from discovery.records import Candidate
 
 from pydantic import Field, field_validator
 
-from discovery.configbase import Strict
+from discovery.configbase import MAX_PROPOSALS_PER_ROUND, Strict
 from discovery.kinds import BuildContext, Kind
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class RandomSymmetricGeneratorConfig(Strict):
     """Random symmetric structures (pyxtal) for charge-balanced compositions of the campaign."""
 
     kind: Literal["random_symmetric"] = "random_symmetric"
-    n_per_round: int = Field(20, ge=1, le=100_000)
+    n_per_round: int = Field(20, ge=1, le=MAX_PROPOSALS_PER_ROUND)
     space_groups: list[int] | None = Field(None, description="default: all 230")
     volume_factor: float = Field(1.1, gt=0.3, lt=5.0)
     max_attempts: int = Field(10, ge=1)

@@ -41,7 +41,7 @@ from discovery.featurize.deciles import DecileConditions
 
 from pydantic import Field
 
-from discovery.configbase import Strict
+from discovery.configbase import MAX_PROPOSALS_PER_ROUND, Strict
 from discovery.kinds import BuildContext, Kind
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class SubstitutionGeneratorConfig(Strict):
     """Ion substitution on known structures, weighted by pymatgen substitution probabilities."""
 
     kind: Literal["substitution"] = "substitution"
-    n_per_round: int = Field(40, ge=1, le=100_000)
+    n_per_round: int = Field(40, ge=1, le=MAX_PROPOSALS_PER_ROUND)
     max_substitutions: int = Field(2, ge=1, description="sites species swapped per child")
     hit_weight: float = Field(4.0, ge=1.0, description="sampling weight of DFT hits as parents (others: 1)")
     decile_weight: float = Field(

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from discovery.configbase import Strict
+from discovery.configbase import MAX_PROPOSALS_PER_ROUND, Strict
 from discovery.kinds import BuildContext, Kind
 from discovery.records import Candidate, Evaluation, Failure, Fidelity, Provenance
 
@@ -33,7 +33,7 @@ class MLIPConfig(Strict):
     model: Literal["chgnet"] = "chgnet"
     fmax_ev_per_a: float = Field(0.05, gt=0)
     max_steps: int = Field(300, ge=1)
-    top_k: int = Field(16, ge=1, description="candidates per round relaxed by the MLIP")
+    top_k: int = Field(16, ge=1, le=MAX_PROPOSALS_PER_ROUND, description="candidates per round relaxed by the MLIP")
     max_e_above_hull_ev: float = Field(0.2, description="screen: drop candidates above this MLIP e_hull")
 
 

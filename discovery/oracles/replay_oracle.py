@@ -39,12 +39,15 @@ class ReplayTable:
         values: property -> (n,) array aligned with ``candidates``; NaN where a row has no value.
         source: where it was read from.
         n_corrupt: rows or files skipped because their structure could not be read.
+        bad_values: property -> why some of its cells gave no value (the loader's
+            ``LoadedData.bad_values``), so an error about too few labels can name the cause.
     """
 
     candidates: list[Candidate]
     values: dict[str, np.ndarray]
     source: str = ""
     n_corrupt: int = 0
+    bad_values: dict[str, str] = field(default_factory=dict)
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +66,8 @@ class ReplayTable:
     def require(self, properties: Sequence[str]) -> None:
         """Raise `DataError` naming the table if a needed column is missing or empty."""
         for prop in properties:
+            if prop in self.bad_values and (prop not in self.values or not np.isfinite(self.values[prop]).any()):
+                raise DataError(f"{self.source}: column {prop!r} has no numeric values: {self.bad_values[prop]}")
             if prop not in self.values:
                 raise DataError(f"{self.source}: no column {prop!r} (columns: {', '.join(self.properties)})")
             if not np.isfinite(self.values[prop]).any():
@@ -81,11 +86,11 @@ class ReplayTable:
 
     @classmethod
     def from_labels(cls, candidates: Sequence[Candidate], labels: dict[str, dict[str, float]],
-                    source: str = "", n_corrupt: int = 0) -> ReplayTable:
+                    source: str = "", n_corrupt: int = 0, bad_values: dict[str, str] | None = None) -> ReplayTable:
         cands = [c for c in candidates if c.id in labels]
         props = sorted({p for c in cands for p in labels[c.id]})
         values = {p: np.array([labels[c.id].get(p, math.nan) for c in cands], dtype=float) for p in props}
-        return cls(cands, values, source=source, n_corrupt=n_corrupt)
+        return cls(cands, values, source=source, n_corrupt=n_corrupt, bad_values=dict(bad_values or {}))
 
 
 def load_replay_table(cdvae_csv: Path | None = None, cif_dir: Path | None = None,
@@ -99,7 +104,8 @@ def load_replay_table(cdvae_csv: Path | None = None, cif_dir: Path | None = None
 
     if cdvae_csv is not None:
         data = load_cdvae_csv(cdvae_csv, max_rows=max_rows)
-        table = ReplayTable.from_labels(data.candidates, data.labels, str(cdvae_csv), data.n_corrupt)
+        table = ReplayTable.from_labels(data.candidates, data.labels, str(cdvae_csv), data.n_corrupt,
+                                        data.bad_values)
     elif cif_dir is not None and labels_csv is not None:
         data = load_cif_dir(cif_dir)
         labels = _read_labels_csv(Path(labels_csv))

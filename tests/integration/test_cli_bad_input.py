@@ -49,7 +49,7 @@ CASES = {
     "wrong_type": ("dft_per_round: many\n", "dft_per_round: Input should be a valid integer"),
     "unknown_element": ("chemistry: {elements: [Na, Qq, Cl]}\n", "unknown element 'Qq'"),
     "missing_data_path": ("data: {cdvae_csv: [{path: nowhere/val.csv}]}\n", "data.cdvae_csv.0.path: file not found"),
-    "corrupt_cif_rows": ("data: {cdvae_csv: [{path: data.csv}]}\nchemistry: {elements: [Na, Cl]}\n",
+    "corrupt_cif_rows": ("name: t\ndata: {cdvae_csv: [{path: data.csv}]}\nchemistry: {elements: [Na, Cl]}\n",
                          "all 2 rows are unreadable"),
 }
 
@@ -74,7 +74,8 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, case, command):
 def test_partly_corrupt_dataset_is_counted_and_skipped(tmp_path):
     csv_with(tmp_path, [GOOD_CIF, "garbage"])
     cfg = tmp_path / "campaign.yaml"
-    cfg.write_text("data: {prototypes: false, cdvae_csv: [{path: data.csv}]}\nchemistry: {elements: [Na, Cl]}\n")
+    cfg.write_text("name: t\ndata: {prototypes: false, cdvae_csv: [{path: data.csv}]}\n"
+                   "chemistry: {elements: [Na, Cl]}\n")
     proc = run("validate", cfg, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "1 corrupt rows skipped" in proc.stderr
@@ -86,7 +87,7 @@ def test_existing_campaign_folder_needs_resume(tmp_path):
     out.mkdir()
     (out / "ledger.sqlite").write_bytes(b"")
     cfg = tmp_path / "campaign.yaml"
-    cfg.write_text("rounds: 1\n")
+    cfg.write_text("name: t\nchemistry: {elements: [Na, Cl]}\nrounds: 1\n")
     proc = run("run", cfg, "--out", out)
     assert proc.returncode == 2 and "pass --resume" in proc.stderr
     proc = run("run", cfg, "--out", tmp_path / "empty", "--resume")

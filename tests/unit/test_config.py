@@ -12,6 +12,10 @@ from discovery.errors import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: What every campaign file must state (`discovery.config.REQUIRED_KEYS`).
+REQUIRED = "name: t\nchemistry: {elements: [K, Rb, Mg, Ca, Cl]}\n"
+
+
 def write(tmp_path, text: str) -> Path:
     p = tmp_path / "c.yaml"
     p.write_text(text)
@@ -43,13 +47,13 @@ def test_icsg3d_example_campaign_validates_where_its_training_data_exists():
 
 
 def test_presets_fill_model_sizes_and_explicit_keys_win(tmp_path):
-    cfg = load_config(write(tmp_path, "surrogate: {preset: faithful, lr: 0.002}\n"))
+    cfg = load_config(write(tmp_path, REQUIRED + "surrogate: {preset: faithful, lr: 0.002}\n"))
     assert cfg.surrogate.n_conv == 3 and cfg.surrogate.atom_fea_len == 64
     assert cfg.surrogate.lr == 0.002
 
 
 def test_overrides_apply_before_validation(tmp_path):
-    cfg = load_config(write(tmp_path, "rounds: 2\n"), ["rounds=5", "dft.cutoff_ev=450", "policy.kappa=2.5",
+    cfg = load_config(write(tmp_path, REQUIRED + "rounds: 2\n"), ["rounds=5", "dft.cutoff_ev=450", "policy.kappa=2.5",
                                                        "generators.0.n_per_round=3"])
     assert cfg.rounds == 5 and cfg.dft.cutoff_ev == 450 and cfg.policy.kappa == 2.5
     assert cfg.generators[0].n_per_round == 3
@@ -69,7 +73,9 @@ def test_overrides_apply_before_validation(tmp_path):
      "outside chemistry.elements"),
     ("rounds: 3\nseed: 1\nrounds: 4\n", "duplicate key 'rounds' at line 3"),
     ("name: ..\n", "name: String should match pattern"),
-    ("rounds: 1000000000\n", "rounds: Input should be less than or equal to 100000"),
+    ("rounds: 1000000000\n", "rounds: Input should be less than or equal to 10000"),
+    ("", "name: required key is missing"),
+    ("name: t\nchemistry: {max_atoms: 4}\n", "chemistry.elements: required key is missing"),
     ("generators: [{kind: substitution, n_per_round: 100000000}]\n", "generators.0.n_per_round: Input should be less"),
     ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
      "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"

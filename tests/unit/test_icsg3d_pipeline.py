@@ -195,13 +195,17 @@ def _generator(trained, **kw):
     return build_component(ComponentSpec("generator", config, ("Sr", "Ba", "Ti", "O"), 10, seed=0))
 
 
+#: What every campaign file must state (`discovery.config.REQUIRED_KEYS`); the default elements.
+REQUIRED = {"name": "t", "chemistry": {"elements": ["K", "Rb", "Mg", "Ca", "Cl"]}}
+
+
 def _campaign_with(tmp_path, **generator):
     import yaml
 
     from discovery.config import load_config
 
     path = tmp_path / "campaign.yaml"
-    path.write_text(yaml.safe_dump({"generators": [{"kind": "icsg3d", **generator}]}))
+    path.write_text(yaml.safe_dump({**REQUIRED, "generators": [{"kind": "icsg3d", **generator}]}))
     return load_config(path).generators[0]
 
 
@@ -241,12 +245,12 @@ def test_campaign_file_selects_a_preset_and_checks_the_model_folder_up_front(tra
     from discovery.config import load_config
 
     two = tmp_path / "two.yaml"
-    two.write_text(yaml.safe_dump({"generators": [
+    two.write_text(yaml.safe_dump({**REQUIRED, "generators": [
         {"kind": "icsg3d", "checkpoint_dir": "m", "train_data": "perov.csv"},
         {"kind": "icsg3d", "checkpoint_dir": "./m/", "mode": "random"}]}))
     with pytest.raises(ConfigError, match="generators.1.checkpoint_dir: generators.0 uses the same folder"):
         load_config(two)
-    two.write_text(yaml.safe_dump({"generators": [
+    two.write_text(yaml.safe_dump({**REQUIRED, "generators": [
         {"kind": "icsg3d", "checkpoint_dir": str(trained.out)},
         {"kind": "icsg3d", "checkpoint_dir": str(trained.out), "mode": "random"}]}))
     assert len(load_config(two).generators) == 2

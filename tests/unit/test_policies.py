@@ -392,7 +392,8 @@ def test_old_policy_yaml_still_validates(tmp_path):
     assert isinstance(cfg.policy, UCBPolicyConfig) and cfg.policy.kappa == 2.0
     assert validate_config({"policy": {"kappa": 2.0}}).policy.kappa == 2.0  # no kind: UCB
     path = tmp_path / "c.yaml"
-    path.write_text("rounds: 2\npolicy: {kind: ucb, kappa: 2.0, diversity: {max_per_formula: 2}}\n")
+    path.write_text("name: t\nchemistry: {elements: [K, Cl]}\nrounds: 2\n"
+                    "policy: {kind: ucb, kappa: 2.0, diversity: {max_per_formula: 2}}\n")
     cfg = load_config(path, ["policy.kappa=2.5"])
     assert cfg.policy.kappa == 2.5 and cfg.policy.diversity.max_per_formula == 2
 

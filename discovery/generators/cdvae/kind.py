@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from discovery.configbase import MAX_PROPOSALS_PER_ROUND
 from discovery.kinds import BuildContext, Kind
 from discovery.lifecycle import TrainedModelFields
 from discovery.models.cdvae.presets import CDVAEConfig
@@ -27,7 +28,7 @@ class CDVAEGeneratorConfig(TrainedModelFields):
     training_model: ClassVar[type] = CDVAEConfig
 
     kind: Literal["cdvae"] = "cdvae"
-    n_per_round: int = Field(20, ge=1)
+    n_per_round: int = Field(20, ge=1, le=MAX_PROPOSALS_PER_ROUND)
     mode: Literal["random", "targeted", "optimize"] = Field(
         "targeted", description="random: z ~ N(0, I); targeted: z ~ N(mu_base, latent_scale^2); optimize: "
                                 "gradient descent on z through the property head from the bases")

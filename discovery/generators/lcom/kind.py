@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from discovery.configbase import MAX_PROPOSALS_PER_ROUND
 from discovery.kinds import BuildContext, Kind
 from discovery.lifecycle import TrainedModelFields
 from discovery.models.lcom.presets import LCOMConfig
@@ -27,7 +28,7 @@ class LCOMGeneratorConfig(TrainedModelFields):
     training_model: ClassVar[type] = LCOMConfig
 
     kind: Literal["lcom"] = "lcom"
-    n_per_round: int = Field(20, ge=1)
+    n_per_round: int = Field(20, ge=1, le=MAX_PROPOSALS_PER_ROUND)
     steps: int | None = Field(None, ge=0, description="latent gradient steps (None: the model's opt_steps)")
     latent_noise: float = Field(0.3, ge=0, description="std of the start around a base's standardised latent")
     n_bases: int = Field(16, ge=1, description="bases sampled from: the best hits / labels / seeds / training rows")
