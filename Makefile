@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 OUT ?= runs/default
 APT_PACKAGES := libxc-dev libopenblas-dev liblapack-dev libfftw3-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# optional packages never stop at a password prompt
+SUDO_N := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 OFFLINE := scripts/loopback-only
 
 .PHONY: install run test test-fast benchmark clean
@@ -19,8 +21,8 @@ install: $(VENV)/.installed
 $(VENV)/.apt:
 	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || \
 	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PACKAGES))
-	@dpkg -s chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
-	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium) \
+	@dpkg -s chromium >/dev/null 2>&1 || ($(SUDO_N) apt-get update -qq && \
+	  $(SUDO_N) apt-get install -y -qq --no-install-recommends chromium) \
 	  || echo "chromium not installed: the report's browser test will be skipped"
 	@mkdir -p $(VENV) && touch $@
 

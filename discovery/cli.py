@@ -204,7 +204,8 @@ def cmd_run(args, console) -> int:
             tracker.log_artifact(f, "cifs" if f.suffix == ".cif" else None)
         tracker.log_metrics({k: status[k] for k in ("dft_completed", "dft_failed", "hits", "wall_s",
                                                    "dft_busy_fraction", "dft_repeated")}, step=status["rounds"])
-        report = try_write_report(prepared.out_dir, tracker)  # a warning, never a failed campaign
+        # a finished run only: after Ctrl-C or SIGTERM the driver exits at once (`discovery report` draws it later)
+        report = try_write_report(prepared.out_dir, tracker) if status_word == "FINISHED" else None
         tracker.close(status_word)
     print_table(status, _stdout_console())
     console.print(f"campaign folder: {prepared.out_dir}" + (f"; report: {report}" if report else ""))

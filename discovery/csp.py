@@ -47,6 +47,8 @@ from discovery.models.lcom.starts import cell_atoms, random_start
 logger = logging.getLogger(__name__)
 
 RELAX_CHOICES = ("none", "chgnet", "gpaw")
+#: Far beyond what the paper uses (a few starts, 10-40 steps); a slip of three zeros is refused.
+MAX_STARTS, MAX_STEPS = 1_000, 10_000
 
 
 # ----------------------------------------------------------------------------- fidelities
@@ -316,10 +318,10 @@ def cmd_csp(args, console) -> int:
     """
     from discovery.models.lcom.trainer import TRAINER
 
-    if args.starts < 1:
-        raise ConfigError(f"--starts {args.starts}: expected at least 1")
-    if args.steps is not None and args.steps < 0:
-        raise ConfigError(f"--steps {args.steps}: expected 0 or more")
+    if not 1 <= args.starts <= MAX_STARTS:
+        raise ConfigError(f"--starts {args.starts}: expected 1 to {MAX_STARTS}")
+    if args.steps is not None and not 0 <= args.steps <= MAX_STEPS:
+        raise ConfigError(f"--steps {args.steps}: expected 0 to {MAX_STEPS}")
     if not Path(args.lcom).is_dir():
         raise DataError(f"--lcom {args.lcom}: no such model folder")
     if args.cdvae is not None and not Path(args.cdvae).is_dir():

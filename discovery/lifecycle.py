@@ -254,6 +254,14 @@ class TrainedModelFields(Strict):
     train_seed: int = Field(0, ge=0)
     device: Literal["cpu", "cuda"] = "cpu"
 
+    def check_built_on(self, manifest: dict[str, Any]) -> None:
+        """Check the models a trained model is built on (LCOM: its CD-VAE folder), from its
+        manifest, before anything starts; nothing to check by default.
+
+        Raises:
+            DataError: such a model is missing or is another one.
+        """
+
     @model_validator(mode="after")
     def _training_config(self):
         if (self.train or self.train_seed) and self.train_data is None:
@@ -291,6 +299,14 @@ def model_sources(config: Any, where: str = "") -> list[tuple[str, TrainedModelF
     return out
 
 
+def _path_fields(model: type | None) -> set[str]:
+    """Names of a training config's fields that hold a path (``Path`` or ``Path | None``)."""
+    import typing
+
+    fields = getattr(model, "model_fields", {}) or {}
+    return {name for name, f in fields.items() if f.annotation is Path or Path in typing.get_args(f.annotation)}
+
+
 def resolve_model_paths(config: Any, base: Path, source: str, where: str) -> Any:
     """``config`` with the model folder and training data of every model source made absolute
     (relative to ``base``); the training data must exist.
@@ -311,6 +327,10 @@ def resolve_model_paths(config: Any, base: Path, source: str, where: str) -> Any
             update[key] = resolve_model_paths(value, base, source, f"{where}.{key}")
     if isinstance(config, TrainedModelFields):
         update["checkpoint_dir"] = absolute(config.checkpoint_dir)
+        paths = _path_fields(config.training_model)  # e.g. LCOM's train: {cdvae_dir: ...}
+        if any(k in paths for k in config.train):
+            update["train"] = {k: str(absolute(Path(v))) if k in paths and isinstance(v, str | Path) else v
+                               for k, v in config.train.items()}
         if config.train_data is not None:
             data = absolute(config.train_data)
             if not data.exists():
@@ -354,6 +374,10 @@ def check_model_folder(fields: TrainedModelFields, where: str) -> None:
     if fields.preset is not None and found.preset != fields.preset:
         raise ConfigError(f"{where}.preset: {fields.checkpoint_dir} holds a {found.preset!r} model, the campaign "
                           f"asks for {fields.preset!r} (use another checkpoint_dir)")
+    try:
+        fields.check_built_on(manifest)
+    except DataError as exc:
+        raise ConfigError(f"{where}.checkpoint_dir: {exc}") from None
     if fields.train_data is None:
         return
     # the raw manifest, not its validated copy: a key the training did not know yet is a difference

@@ -246,10 +246,10 @@ class Campaign:
                 pending.discard(ev.candidate_id)
                 if not pending and rnd >= 0:
                     self._round_finished(rnd)
-            if ev.candidate_id in self.references:
-                self._check_references()
         if evaluations:
             self._progress()
+        if any(ev.candidate_id in self.references for ev in evaluations):
+            self._check_references()  # after the loop: every result of this batch is in the ledger
 
     def _record_mlip(self, ev: Evaluation, rnd: int) -> None:
         self.ledger.add_evaluation(ev, rnd)

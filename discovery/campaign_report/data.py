@@ -188,7 +188,7 @@ def load_report_data(out_dir: str | Path) -> ReportData:
         failures=_failures(state),
         fits=fits,
         fingerprints=_fingerprints(meta, state),
-        campaign_yaml=campaign_yaml.read_text() if campaign_yaml.is_file() else None,
+        campaign_yaml=campaign_yaml.read_text(errors="replace") if campaign_yaml.is_file() else None,
     )
 
 
@@ -273,13 +273,16 @@ def random_order_expectation(values: list[float | None], hits: list[bool]) -> tu
     ok = sorted(v for v in values if v is not None)
     exp_hits = [k * total_hits / n for k in range(1, n + 1)]
     exp_best: list[float | None] = []
+    log_comb = lambda a, b: math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)  # noqa: E731
     for k in range(1, n + 1):
-        denom = math.comb(n, k)
-        p_none = math.comb(n - len(ok), k) / denom  # all k draws failed
+        # in logs: C(N, k) overflows a float beyond ~1,000 calls
+        log_denom = log_comb(n, k)
+        failed = n - len(ok)
+        p_none = math.exp(log_comb(failed, k) - log_denom) if k <= failed else 0.0  # all k draws failed
         if p_none >= 1.0:
             exp_best.append(None)
             continue
-        e = sum(v * math.comb(n - i, k - 1) / denom for i, v in enumerate(ok, start=1))
+        e = sum(v * math.exp(log_comb(n - i, k - 1) - log_denom) for i, v in enumerate(ok, start=1) if n - i >= k - 1)
         exp_best.append(e / (1.0 - p_none))
     return exp_hits, exp_best
 

@@ -12,7 +12,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from discovery.campaign_report.data import CurvePoint, MlipPair, ParityPoint, Result, random_order_expectation
+from discovery.campaign_report.data import (
+    CurvePoint,
+    MlipPair,
+    ParityPoint,
+    Result,
+    random_order_expectation,
+)
 
 DPI = 100
 HIT_STYLE = {"marker": "*", "s": 260, "color": "gold", "edgecolors": "black", "linewidths": 0.8, "zorder": 6}

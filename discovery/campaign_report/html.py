@@ -16,7 +16,13 @@ from typing import Any
 from urllib.parse import quote
 
 from discovery.campaign_report import figures
-from discovery.campaign_report.data import ReportData, Result, calibration, load_report_data
+from discovery.campaign_report.data import (
+    ReportData,
+    Result,
+    calibration,
+    load_report_data,
+)
+from discovery.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +61,24 @@ def write_report(out_dir: str | Path, out_file: str | Path | None = None) -> Pat
 
     Raises:
         LedgerError: ``out_dir`` holds no campaign.
+        ConfigError: ``out_file`` cannot be written (a folder, no permission, a full disk).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_file = Path(out_file) if out_file is not None else out_dir / REPORT_NAME
+    if out_file.is_dir():
+        raise ConfigError(f"--out {out_file}: is a folder; give a file name")
     data = load_report_data(out_dir)
     page = render(data, out_file.parent, started)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")  # one per writer; usual permissions
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out_file)
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out_file)
+    except OSError as exc:
+        raise ConfigError(f"{out_file}: cannot write the report ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return out_file
 
 

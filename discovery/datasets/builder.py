@@ -16,9 +16,8 @@ The build folder holds:
 Planning and relaxations run through a project executor (`discovery.executor.LocalExecutor` by
 default, or a `RayExecutor` the caller passes): ``workers`` planner components
 (`discovery.datasets.plan.Planner`: pyxtal, `PLAN_CHUNK` compositions per call) while there is no
-plan yet, and ``workers`` CHGNet components (`discovery.oracles.chgnet_oracle`, the MLIP fidelity),
-each handed ``batch_size`` jobs per call; ``call_many`` runs the workers' calls concurrently where
-the executor can (Ray), in turn where it cannot (local: one worker of each).
+plan yet, and ``workers`` CHGNet slots (`discovery.oracles.chgnet_oracle`, the MLIP fidelity) in the
+executor's evaluation pool, each taking the next job as soon as it is free (local: one of each).
 
 After relaxation a structure is kept when CHGNet converged or stopped at ``max_steps`` with a sound
 result: no pair closer than 0.5 A, volume per atom at most ``max_volume_per_atom``, formation
@@ -66,7 +65,7 @@ ProgressFn = Callable[[str, int, int, dict[str, Any]], None]
 
 
 #: Settings that change how a build runs, not what it makes: a killed build may resume with others.
-RUN_SETTINGS = frozenset({"workers", "batch_size"})
+RUN_SETTINGS = frozenset({"workers"})
 
 
 def config_hash(config: DatasetConfig) -> str:
@@ -140,8 +139,8 @@ def _record(job: Job, evaluation: Any) -> dict[str, Any]:
 
 
 class Workers:
-    """The build's components on an executor: ``n`` CHGNet relaxers (and ``n`` planners when the
-    plan is still to be made). A `LocalExecutor` (the default) has one of each and runs them here
+    """The build's components on an executor: ``n`` CHGNet relaxation slots (and ``n`` planners when
+    the plan is still to be made). A `LocalExecutor` (the default) has one of each and runs them here
     with one BLAS thread (ASE's cell filter calls 3x3 LAPACK routines that are ~8x slower with a
     second, contended OpenBLAS thread; Ray workers set one thread in their environment)."""
 
@@ -165,14 +164,14 @@ class Workers:
         self.config, self.executor = config, executor
         relax = ComponentSpec(role="mlip", config=MLIPConfig(fmax_ev_per_a=config.relax.fmax_ev_per_a,
                                                              max_steps=config.relax.max_steps))
-        components = {f"chgnet-{k}": relax for k in range(n)}
+        components = {}
         if planners:
             plan_spec = ComponentSpec(role="generator", config=PlannerConfig(dataset=config), registered=PLANNER_KIND)
             components.update({f"planner-{k}": plan_spec for k in range(n)})
-        self.relaxers = [f"chgnet-{k}" for k in range(n)]
         self.planners = [f"planner-{k}" for k in range(n)] if planners else []
-        # the executor contract starts a DFT pool too; the CHGNet spec with one idle slot stands in
-        self.executor.start(components, relax, 1)
+        # CHGNet fills the executor's evaluation pool (its "DFT" slots): each slot takes the next job
+        # as soon as it is free, so a slow relaxation never holds the other workers back
+        self.executor.start(components, relax, n)
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -191,27 +190,25 @@ class Workers:
         return out
 
     def relax(self, jobs: list[Job], log: WorkLog, progress: ProgressFn | None = None) -> None:
-        """Relax every job not in ``log``, appending each result as its batch returns."""
-        pending = [j for j in jobs if j.id not in log]
+        """Relax every job not in ``log``, appending each result as it arrives."""
+        pending = {j.id: j for j in jobs if j.id not in log}
         total, done = len(jobs), len(jobs) - len(pending)
         failed = sum(1 for r in log.results.values() if r.get("status") != "ok")
         if progress is not None:
             progress("relax", done, total, {})
-        size = self.config.batch_size
-        step = len(self.relaxers) * size
-        for start in range(0, len(pending), step):
-            chunk = pending[start:start + step]
-            batches = [chunk[k:k + size] for k in range(0, len(chunk), size)]
-            calls = [(self.relaxers[k], "evaluate_many", ([_candidate(j) for j in batch],))
-                     for k, batch in enumerate(batches)]
-            for batch, evaluations in zip(batches, self.executor.call_many(calls), strict=True):
-                for job, evaluation in zip(batch, evaluations, strict=True):
-                    record = _record(job, evaluation)
-                    failed += record["status"] != "ok"
-                    log.append(record)
-            done += len(chunk)
-            if progress is not None:
-                progress("relax", done, total, {"failed": failed})
+        for job in pending.values():
+            self.executor.submit_dft(_candidate(job))
+        while pending:
+            for evaluation in self.executor.completed(1.0):
+                job = pending.pop(evaluation.candidate_id, None)
+                if job is None:
+                    continue
+                record = _record(job, evaluation)
+                failed += record["status"] != "ok"
+                log.append(record)
+                done += 1
+                if progress is not None:
+                    progress("relax", done, total, {"failed": failed})
 
 
 # ----------------------------------------------------------------------------- assembly

@@ -50,7 +50,7 @@ class DatasetConfig(Strict):
     Units: energies eV/atom, volumes A^3/atom.
     """
 
-    name: str = Field("dataset", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field("dataset", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # a file name, never . or ..
     seed: int = Field(0, ge=0, description="every random choice (ternary subset, pyxtal structures)")
     cations: list[str] = Field(..., min_length=1, description="elements that may take a positive oxidation state")
     anions: list[str] = Field(..., min_length=1, description="elements that may take a negative oxidation state")
@@ -59,26 +59,25 @@ class DatasetConfig(Strict):
     unary: list[str] = Field(default_factory=list, description="elements also included as elemental crystals")
     binaries: bool = True
     ternaries: bool = True
-    max_ternaries: int | None = Field(200, ge=0, description="seeded subset of the charge-balanced ternaries "
+    max_ternaries: int | None = Field(200, ge=0, le=100_000, description="seeded subset of the charge-balanced ternaries "
                                                              "(None: all)")
     max_formula_atoms: int = Field(5, ge=1, le=20, description="atoms per formula unit at most")
     max_atoms: int = Field(8, ge=1, le=40, description="atoms per (primitive) cell at most")
     prototypes: bool = Field(True, description="the prototype library decorated with each composition")
     prototype_names: list[str] | None = Field(None, description="only these prototypes (None: the whole library)")
-    random_per_composition: int = Field(8, ge=0, description="pyxtal random symmetric structures per composition")
+    random_per_composition: int = Field(8, ge=0, le=1_000, description="pyxtal random symmetric structures per composition")
     random_volume_factor: float = Field(1.1, gt=0, description="pyxtal's volume factor")
     exclude_formulas: list[str] = Field(default_factory=lambda: list(CHENG26),
                                         description="reduced formulas never planned nor written (default: the "
                                                     "26 CSP test compounds)")
-    reference_random: int = Field(6, ge=1, description="random elemental structures relaxed for an element "
+    reference_random: int = Field(6, ge=1, le=1_000, description="random elemental structures relaxed for an element "
                                                        "without a built-in reference (S, B, ...); the lowest wins")
     relax: RelaxSettings = Field(default_factory=RelaxSettings)
     max_volume_per_atom: float = Field(80.0, gt=0, description="relaxed cells above this are dropped (exploded)")
     max_formation_energy: float = Field(2.0, description="relaxed structures above this are dropped (eV/atom)")
     dedup: bool = Field(True, description="StructureMatcher duplicates within a composition are dropped "
                                           "(the lowest energy is kept)")
-    batch_size: int = Field(4, ge=1, description="relaxations per call to a worker")
-    workers: int = Field(2, ge=1, le=256, description="CHGNet workers (components of the executor)")
+    workers: int = Field(2, ge=1, le=256, description="CHGNet relaxations at a time (slots of the executor)")
 
     @field_validator("cations", "anions", "unary", "ternary_anions")
     @classmethod

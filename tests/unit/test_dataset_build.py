@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 #: LiBr, NaBr, KBr, MgBr2, MgCl2 (LiCl, NaCl and KCl are among the excluded CSP test formulas).
 CONFIG = {"name": "five", "seed": 3, "cations": ["Li", "Na", "K", "Mg"], "anions": ["Br", "Cl"],
           "ternaries": False, "max_atoms": 3, "prototype_names": ["rocksalt", "fluorite"],
-          "random_per_composition": 1, "relax": {"fmax_ev_per_a": 0.2, "max_steps": 40}, "batch_size": 1,
+          "random_per_composition": 1, "relax": {"fmax_ev_per_a": 0.2, "max_steps": 40},
           "workers": 1}
 
 
@@ -33,7 +33,9 @@ def write_config(folder: Path, **changes) -> Path:
 
 
 def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    """Complete lines only: the build may be appending one while we read."""
+    text = path.read_text()
+    return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines() if x.strip()]
 
 
 def test_plan_covers_five_compositions_and_excludes_the_test_formulas(tmp_path):
@@ -68,8 +70,8 @@ def test_killed_build_resumes_without_repeating_a_relaxation(tmp_path):
     assert len(before) < len(plan["jobs"]), "the build finished before it could be killed"
     assert not (out / "five.csv").exists()
 
-    stages = []  # resumed with other run settings (batch size): the same build
-    manifest = build_dataset(load_dataset_config(config_path, ["batch_size=3"]), out,
+    stages = []  # resumed with other run settings (workers): the same build
+    manifest = build_dataset(load_dataset_config(config_path, ["workers=3"]), out,
                              progress=lambda s, d, t, i: stages.append((s, d)))
     after = lines(work)
     ids = [r["job"] for r in after]

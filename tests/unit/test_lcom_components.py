@@ -114,3 +114,24 @@ def test_dft_labels_retrain_generator_and_surrogate(tiny, tmp_path):
     # the DFT hit is the best base: with one base, every proposal starts from it
     assert out and all(c.generator_version == gen.version for c in out)
     assert all(c.conditions["start"] == "hit" and c.parent_ids == (known[1].id,) and c.formula == "KBr" for c in out)
+
+
+def test_a_hit_starts_from_its_dft_relaxed_structure(tiny):
+    """The campaign labels the relaxed copy of a proposal (its own id, the proposal as parent) and
+    names the proposal's id as the hit: the generator starts from the relaxed copy."""
+    from discovery.generators.lcom.kind import LCOMGeneratorConfig, build
+    from discovery.kinds import BuildContext
+    from discovery.structures import make_candidate
+
+    _, _, lcom_dir = tiny
+    gen = build(LCOMGeneratorConfig(checkpoint_dir=lcom_dir, steps=2, fine_tune_steps=0, n_bases=1),
+                BuildContext(elements=("Na", "K", "Cl", "Br"), max_atoms=4, seed=0))
+    known = seeds()
+    proposal = make_candidate(known[1].pmg.copy(), "lcom")
+    strained = proposal.pmg.copy()
+    strained.scale_lattice(strained.volume * 1.05)
+    relaxed = make_candidate(strained, "lcom", parent_ids=(proposal.id,))
+    gen.update({"known": [*known, proposal], "hits": [proposal.id], "round": 2,
+                "labels": [(known[0], -1.5), (relaxed, -2.5)]})
+    out = gen.propose(3, {}, np.random.default_rng(0))
+    assert out and all(c.conditions["start"] == "hit" and c.parent_ids == (relaxed.id,) for c in out)

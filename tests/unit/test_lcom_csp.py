@@ -85,7 +85,7 @@ def test_train_command_takes_the_cdvae_folder(tiny, tmp_path):
     (["Xx2O"], "unknown element 'Xx'"),
     (["Na3Cl3"], "6 atoms per cell; the CD-VAE makes 1..4"),
     (["NaCl", "--lcom", "MISSING"], "no such model folder"),
-    (["NaCl", "--starts", "0"], "--starts 0"),
+    (["NaCl", "--starts", "0"], "--starts 0: expected 1 to 1000"),
     (["NaCl", "Na1Cl1"], "Na1Cl1: the same cell as NaCl"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, capsys, args, expected):
@@ -99,3 +99,24 @@ def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, capsys, args, expected
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_campaign_refuses_an_lcom_model_whose_cdvae_is_gone(tiny, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from discovery.cli import main
+
+    _, _, lcom_dir = tiny
+    moved = tmp_path / "lcom"
+    shutil.copytree(lcom_dir, moved)
+    manifest = json.loads((moved / "lcom.json").read_text())
+    manifest["cdvae"].update(dir=str(tmp_path / "gone"), relative="../gone")
+    (moved / "lcom.json").write_text(json.dumps(manifest))
+    campaign = tmp_path / "campaign.yaml"
+    campaign.write_text(yaml.safe_dump({"name": "lcom-check", "chemistry": {"elements": ["Na", "Cl"]},
+                                        "generators": [{"kind": "lcom", "checkpoint_dir": "lcom"}]}))
+    assert main(["validate", str(campaign)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "generators.0.checkpoint_dir" in err[0] and "CD-VAE folder" in err[0], err

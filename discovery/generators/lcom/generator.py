@@ -77,6 +77,7 @@ class LCOMGenerator:
         self._known: dict[str, Candidate] = {}
         self._labels: dict[str, float] = {}
         self._hits: dict[str, None] = {}
+        self._relaxed_of: dict[str, str] = {}  # proposal id -> id of its DFT-relaxed copy
         self._z: dict[str, np.ndarray] = {}
         self._unusable: set[str] = set()
         self._tuned_on: frozenset[str] = frozenset()
@@ -95,6 +96,8 @@ class LCOMGenerator:
         prop = feedback.get("property", FORMATION_ENERGY)
         for cand, value in feedback.get("labels", ()) or ():
             self._known[cand.id] = cand
+            if cand.parent_ids:  # the campaign labels the relaxed copy; its hit is the proposal's id
+                self._relaxed_of[cand.parent_ids[0]] = cand.id
             if value is not None and math.isfinite(float(value)) and prop in (None, FORMATION_ENERGY):
                 self._labels[cand.id] = float(value)
         if self.config.fine_tune_steps and frozenset(self._labels) != self._tuned_on:
@@ -148,8 +151,9 @@ class LCOMGenerator:
             c = self._known.get(cid)
             return c is not None and (formula is None or c.formula == formula) and self._fits(c)
 
-        hits = sorted((h for h in self._hits if ok(h)), key=lambda h: self._labels.get(h, math.inf))
-        rest = [c for c in self._known if c not in self._hits and ok(c)
+        hit_ids = {self._relaxed_of.get(h, h) for h in self._hits}  # a hit starts from its relaxed structure
+        hits = sorted((h for h in hit_ids if ok(h)), key=lambda h: (self._labels.get(h, math.inf), h))
+        rest = [c for c in self._known if c not in hit_ids and ok(c)
                 and (self._known[c].generator == "seed" or c in self._labels)]
         rest.sort(key=lambda c: (self._labels.get(c, math.inf), c))
         out = [(h, "hit") for h in hits] + [(c, "label" if c in self._labels else "seed") for c in rest]

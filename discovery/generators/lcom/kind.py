@@ -5,17 +5,16 @@ See `discovery.generators.lcom.generator` for how it proposes and how DFT labels
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from discovery.configbase import MAX_PROPOSALS_PER_ROUND
 from discovery.kinds import BuildContext, Kind
-from discovery.lifecycle import TrainedModelFields
-from discovery.models.lcom.presets import LCOMConfig
+from discovery.models.lcom.kind import LCOMModelFields
 
 
-class LCOMGeneratorConfig(TrainedModelFields):
+class LCOMGeneratorConfig(LCOMModelFields):
     """LCOM latent optimisation in a campaign. The model is trained with ``discovery train lcom``
     (its training config names the CD-VAE folder, ``cdvae_dir``) or by the campaign
     (`~discovery.lifecycle.TrainedModelFields`: ``checkpoint_dir``, ``preset``, ``train_data``,
@@ -24,17 +23,14 @@ class LCOMGeneratorConfig(TrainedModelFields):
     Langevin settings left None take the CD-VAE preset's values.
     """
 
-    model_name: ClassVar[str] = "lcom"
-    training_model: ClassVar[type] = LCOMConfig
-
     kind: Literal["lcom"] = "lcom"
     n_per_round: int = Field(20, ge=1, le=MAX_PROPOSALS_PER_ROUND)
-    steps: int | None = Field(None, ge=0, description="latent gradient steps (None: the model's opt_steps)")
+    steps: int | None = Field(None, ge=0, le=10_000, description="latent gradient steps (None: the model's opt_steps)")
     latent_noise: float = Field(0.3, ge=0, description="std of the start around a base's standardised latent")
-    n_bases: int = Field(16, ge=1, description="bases sampled from: the best hits / labels / seeds / training rows")
-    fine_tune_steps: int = Field(50, ge=0, description="conservative steps on the DFT labels after each update "
+    n_bases: int = Field(16, ge=1, le=10_000, description="bases sampled from: the best hits / labels / seeds / training rows")
+    fine_tune_steps: int = Field(50, ge=0, le=100_000, description="conservative steps on the DFT labels after each update "
                                                        "with new labels (0: never retrain)")
-    replay: int = Field(256, ge=0, description="training rows mixed into each fine-tuning")
+    replay: int = Field(256, ge=0, le=1_000_000, description="training rows mixed into each fine-tuning")
     fine_tune_lr: float = Field(1e-3, gt=0, description="Adam rate of the fine-tuning (the paper trains at 3e-5; "
                                                         "a few steps at that rate barely move the model)")
     n_step_each: int | None = Field(None, ge=1, description="Langevin steps per noise level")

@@ -76,6 +76,36 @@ class LCOMData:
         return len(self.ids)
 
 
+def cpu_only(device: str) -> None:
+    """LCOM's members are small MLPs that train and descend on the CPU (its CD-VAE may use a GPU).
+
+    Raises:
+        ConfigError: another device than cpu.
+    """
+    check_device(device)
+    if device != "cpu":
+        raise ConfigError(f"lcom: device {device!r}: LCOM runs on the CPU (small MLPs); use device: cpu")
+
+
+def cdvae_folder(folder: Path, info: Any, cdvae_dir: Path | None = None) -> Path:
+    """The CD-VAE folder an LCOM model in ``folder`` was trained on: ``cdvae_dir`` when given, else
+    the one its manifest's ``cdvae`` entry (``info``) names, absolute or relative to ``folder``.
+
+    Raises:
+        DataError: that folder is missing or holds another CD-VAE (sha256 of its cdvae.json).
+    """
+    info = info if isinstance(info, dict) else {}
+    path = Path(folder) / "lcom.json"
+    candidates = [Path(cdvae_dir)] if cdvae_dir is not None else [Path(str(info.get("dir", ""))),
+                                                                   Path(folder) / str(info.get("relative", ""))]
+    found = next((d for d in candidates if (d / "cdvae.json").is_file()), None)
+    if found is None:
+        raise DataError(f"{path}: its CD-VAE folder {candidates[0]} is missing (no cdvae.json)")
+    if file_sha256(found / "cdvae.json") != info.get("manifest_sha256"):
+        raise DataError(f"{found / 'cdvae.json'}: another CD-VAE than the one {path} was trained on")
+    return found
+
+
 def load_cdvae(folder: Path, device: str = "cpu") -> Any:
     """The CD-VAE of ``folder`` (DataError when missing or damaged)."""
     from discovery.models.cdvae.trainer import TRAINER as CDVAE_TRAINER
@@ -157,7 +187,7 @@ class LCOMTrainer:
             new_member,
         )
 
-        check_device(device)
+        cpu_only(device)
         started = time.perf_counter()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -271,7 +301,7 @@ class LCOMTrainer:
         from discovery.models.lcom.conservative import EnergyMLP
         from discovery.models.lcom.wrapper import LCOMModel
 
-        check_device(device)
+        cpu_only(device)
         folder = Path(folder)
         manifest = read_manifest(folder, self.name, MANIFEST_FORMAT)
         path = folder / f"{self.name}.json"
@@ -283,14 +313,7 @@ class LCOMTrainer:
             raise DataError(f"{path}: not an LCOM manifest ({first_line(exc)})") from None
         model_file = verify_file(folder, path.name, "model", files.get("model"))
         latents_file = verify_file(folder, path.name, "latents", files.get("latents"))
-        candidates = [Path(cdvae_dir)] if cdvae_dir is not None else [Path(str(info.get("dir", ""))),
-                                                                       folder / str(info.get("relative", ""))]
-        cdvae_dir = next((d for d in candidates if (d / "cdvae.json").is_file()), None)
-        if cdvae_dir is None:
-            raise DataError(f"{path}: its CD-VAE folder {candidates[0]} is missing (no cdvae.json)")
-        if file_sha256(cdvae_dir / "cdvae.json") != info.get("manifest_sha256"):
-            raise DataError(f"{cdvae_dir / 'cdvae.json'}: another CD-VAE than the one {path} was trained on")
-        cdvae = load_cdvae(cdvae_dir, device)
+        cdvae = load_cdvae(cdvae_folder(folder, info, cdvae_dir), device)
         payload = read_checkpoint(model_file, MODEL_FORMAT, MODEL_VERSION, kind="lcom")
         try:
             members = []
