@@ -196,14 +196,19 @@ class Campaign:
                     self._record_mlip(ev, -1)
 
     def _check_references(self) -> None:
-        """Stop once every reference has failed for good: without them there is no hull, so no
-        candidate can be judged, and later rounds would only spend DFT on nothing.
+        """Stop once every reference has failed for good and for a reason of its own (not a lost
+        worker): without them there is no hull, so no candidate can be judged, and later rounds
+        would only spend DFT on nothing.
 
         Raises:
             ConfigError: one line with the first failures (the DFT settings are the usual cause).
         """
         results = [self.state.dft.get(cid) for cid in self.references]
         if not results or any(ev is None or ev.ok for ev in results) or self._inflight.keys() & self.references:
+            return
+        # infrastructure failures (a lost worker, a timeout) are no verdict on the settings: a
+        # --resume with more attempts retries them, so the campaign goes on as before
+        if any(ev.failure is None or ev.failure.retryable for ev in results):
             return
         shown = "; ".join(f"{self.references[ev.candidate_id].formula}: {ev.failure.error_class}"
                           for ev in results[:3] if ev.failure is not None)
