@@ -229,6 +229,8 @@ def formation(energy: float | None, structure: Any, refs: dict[str, Any]) -> flo
 
 def judge(best: Any, energy: float | None, gs: Any, e_gs: float, refs: dict[str, Any], matcher: Any) -> dict[str, Any]:
     """Both criteria for one prediction against the relaxed ground state."""
+    from discovery.structures import space_group_symbol
+
     if best is None or energy is None:
         return {"energy": None, "gap": None, "rel_gap": None, "paper": False, "paper_formation": False,
                 "match": False, "strict": False}
@@ -237,16 +239,7 @@ def judge(best: Any, energy: float | None, gs: Any, e_gs: float, refs: dict[str,
     match = bool(matcher.fit(best, gs))
     return {"energy": energy, "gap": gap, "rel_gap": gap / abs(e_gs), "paper": gap / abs(e_gs) <= 0.2,
             "paper_formation": (ef - ef_gs) / abs(ef_gs) <= 0.2 if ef_gs else None, "match": match,
-            "strict": match or gap <= 0.010, "spacegroup": _spacegroup(best)}
-
-
-def _spacegroup(s: Any) -> str | None:
-    try:
-        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-        return SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol()
-    except Exception:
-        return None
+            "strict": match or gap <= 0.010, "spacegroup": space_group_symbol(best)}
 
 
 def targets(args: argparse.Namespace) -> list[tuple[str, Any]]:
@@ -272,7 +265,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from discovery.csp import predict_structures
     from discovery.models.lcom.starts import cell_atoms, random_start
     from discovery.models.lcom.trainer import TRAINER
-    from discovery.structures import structural_problem, structure_matcher
+    from discovery.structures import (
+        space_group_symbol,
+        structural_problem,
+        structure_matcher,
+    )
 
     csv_path, cdvae_dir, lcom_dir, sl_dir, data_manifest = ensure_models(args)
     refs = data_manifest["references"]
@@ -292,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for formula, gs_start in chosen:
             reduced, atoms = cell_atoms(formula, models["LCOM"].max_atoms)
             (gs, e_gs, _), = relax.relax([gs_start])
-            ground[formula] = {"energy": e_gs, "spacegroup": _spacegroup(gs)}
+            ground[formula] = {"energy": e_gs, "spacegroup": space_group_symbol(gs)}
             rng = np.random.default_rng(np.random.SeedSequence([args.seed, *map(ord, formula)]))
             drawn = [random_start(atoms, rng) for _ in range(2 * args.starts)]
             relaxed = relax.relax(drawn)

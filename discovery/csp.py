@@ -156,7 +156,7 @@ def run_csp(model: Any, formulas: Sequence[str], out_dir: Path, *, starts: int =
     import scipy.linalg  # noqa: F401 - load its BLAS before limiting it (one thread: see datasets.builder)
     from threadpoolctl import threadpool_limits
 
-    from discovery.structures import structural_problem
+    from discovery.structures import space_group_symbol, structural_problem
 
     parsed = [cell_atoms(f, model.max_atoms) for f in formulas]
     steps = model.config.opt_steps if steps is None else int(steps)
@@ -201,7 +201,7 @@ def run_csp(model: Any, formulas: Sequence[str], out_dir: Path, *, starts: int =
                 finals[best][0].to(filename=str(folder / "best.cif"))
             summary = {"formula": formula, "atoms": len(atoms), "best_start": best,
                        "best_energy_per_atom": entries[best]["energy_per_atom"] if best is not None else None,
-                       "best_spacegroup": _spacegroup(finals[best][0]) if best is not None else None,
+                       "best_spacegroup": space_group_symbol(finals[best][0]) if best is not None else None,
                        "n_sound": len(ok), "seconds_start_relax": t_start,
                        "seconds_per_structure_optimise": pred["seconds"] / starts,
                        "seconds_per_structure_with_relax": (pred["seconds"] + t_final) / starts, "entries": entries}
@@ -220,15 +220,6 @@ def run_csp(model: Any, formulas: Sequence[str], out_dir: Path, *, starts: int =
     _write_table(out_dir / "csp.csv", rows)
     (out_dir / "csp.json").write_text(json.dumps(results, indent=1, default=_json_default))
     return results
-
-
-def _spacegroup(structure: Any) -> str | None:
-    try:
-        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-        return SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_symbol()
-    except Exception:  # spglib fails on some cells
-        return None
 
 
 def _json_default(x: Any) -> Any:

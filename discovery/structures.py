@@ -396,3 +396,13 @@ def symmetrized(structure: Structure, symprec: float = 1e-3) -> Structure:
     except Exception:  # noqa: BLE001 - spglib failures leave the structure as it is
         return structure
 
+
+def space_group_symbol(structure: Any, symprec: float = 0.1) -> str | None:
+    """Hermann-Mauguin symbol of ``structure`` (spglib via pymatgen), or None where spglib fails
+    (degenerate generated cells)."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        return SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_symbol()
+    except Exception:  # noqa: BLE001 - spglib raises several types on degenerate cells
+        return None
