@@ -26,6 +26,7 @@ from typing import Any
 from discovery import registry
 from discovery.errors import ConfigError
 from discovery.lifecycle import PRESETS, check_device, training_config
+from discovery.progress import StageProgress
 
 logger = logging.getLogger(__name__)
 
@@ -74,37 +75,14 @@ def config_from_args(model: str, preset: str, overrides: list[str] | None = None
     return training_config(trainer.config_model, preset, items, source)
 
 
-class StageProgress:
-    """One rich progress bar per training stage, fed by the trainer's ``progress`` callback."""
-
-    def __init__(self, console, stages: tuple[tuple[str, str], ...]):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.progress = Progress(TextColumn("[bold]{task.fields[label]:<12}"), BarColumn(bar_width=24),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 TextColumn("{task.description}"), console=console, transient=False)
-        self.labels = dict(stages)
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> StageProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
-
-    def __call__(self, stage: str, done: int, total: int, info: dict[str, Any]) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task("", total=max(total, 1),
-                                                       label=self.labels.get(stage, stage))
-        shown = [f"{k} {v:.4g}" for k, v in info.items()
-                 if k in ("train_loss", "val_loss", "val_recall", "val_mse", "val_mae", "loss_d", "loss_g")
-                 and isinstance(v, int | float)]
-        if "property" in info:
-            shown.insert(0, str(info["property"]))
-        self.progress.update(self.tasks[stage], completed=done, total=max(total, 1),
-                             description=", ".join(shown))
+def describe_training(info: dict[str, Any]) -> str:
+    """The losses and metrics of a training step worth a glance (and the property it learns)."""
+    shown = [f"{k} {v:.4g}" for k, v in info.items()
+             if k in ("train_loss", "val_loss", "val_recall", "val_mse", "val_mae", "loss_d", "loss_g")
+             and isinstance(v, int | float)]
+    if "property" in info:
+        shown.insert(0, str(info["property"]))
+    return ", ".join(shown)
 
 
 def cmd_train(args, console) -> int:
@@ -149,7 +127,7 @@ def cmd_train(args, console) -> int:
         tracker = MlflowTracker(uri, experiment=trainer.name, run_name=out.resolve().name, artifact_location=artifacts)
     status = "FAILED"
     try:
-        with StageProgress(console, trainer.stages) as bars:
+        with StageProgress(console, trainer.stages, describe_training) as bars:
             model = trainer.train(data, config, out, tracker=tracker, progress=bars, seed=args.seed, device=device)
         status = "FINISHED"
     finally:

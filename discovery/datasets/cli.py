@@ -15,6 +15,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+#: The build's progress stages and their labels.
+STAGES = (("plan", "planning"), ("relax", "CHGNet relax"))
+
 
 def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``dataset build``; returns the ``dataset`` parser."""
@@ -57,7 +60,9 @@ def cmd_dataset(args, console, executor: Any = None) -> int:
     held = getattr(args, "held_logs", None)
     if held is not None:
         held.show()
-    with _Bars(console) as bars:
+    from discovery.progress import StageProgress
+
+    with StageProgress(console, STAGES) as bars:
         manifest = build_dataset(config, args.out, executor=executor, progress=bars)
     c = manifest["counts"]
     console.print(f"{manifest['csv']['path']}: {c['structures']} structures over {c['compositions']} compositions "
@@ -65,37 +70,3 @@ def cmd_dataset(args, console, executor: Any = None) -> int:
                   f"{manifest['wall_seconds'] / 60:.1f} min); sha256 {manifest['csv']['sha256'][:16]}; "
                   f"folder {args.out}")
     return 0
-
-
-class _Bars:
-    """One rich progress bar per stage (plan, relax)."""
-
-    LABELS = {"plan": "planning", "relax": "CHGNet relax"}
-
-    def __init__(self, console):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(TextColumn("[bold]{task.fields[label]:<13}"), BarColumn(bar_width=24),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 TextColumn("{task.description}"), console=console, transient=False)
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _Bars:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
-
-    def __call__(self, stage: str, done: int, total: int, info: dict[str, Any]) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task("", total=max(total, 1), label=self.LABELS.get(stage, stage))
-        desc = ", ".join(f"{k} {v}" for k, v in info.items())
-        self.progress.update(self.tasks[stage], completed=done, total=max(total, 1), description=desc)
