@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from typing import Any
 
-import ray
+# Ray's C++ failure handler would print stack dumps ("*** SIGTERM received ***") for an ordinary
+# `kill`; the CLI's own handler says it in one line. Read when ray is first imported.
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+
+import ray  # noqa: E402
 
 from discovery.errors import InfrastructureError
 
@@ -30,6 +36,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, **local: An
     """
     if ray.is_initialized():
         return False
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address == "local":
         address = None
@@ -42,4 +50,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, **local: An
                      logging_level=logging.WARNING, **local)
     except ConnectionError as exc:
         raise InfrastructureError(f"cannot connect to Ray at {address}: {exc}") from None
+    finally:
+        if callable(sigterm):  # ray.init swaps in sys.exit(15): keep the caller's clean shutdown
+            signal.signal(signal.SIGTERM, sigterm)
     return True

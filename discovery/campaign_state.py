@@ -77,6 +77,22 @@ class CampaignState:
             return True
         return False
 
+    def as_of(self, last_round: int) -> CampaignState:
+        """What a plan may see: the DFT results of calculations submitted in rounds <= ``last_round``
+        (references are round -1), in (round, candidate id) order rather than arrival order, so that
+        what a round is planned from does not depend on timing. Candidates, MLIP results, submissions
+        and predictions are shared with this state (planning writes MLIP results through it)."""
+        def key(cid: str) -> tuple[int, str]:
+            return self.submitted.get(cid, -1), cid
+
+        visible = sorted((cid for cid in self.dft if key(cid)[0] <= last_round), key=key)
+        return CampaignState(
+            dft_fingerprint=self.dft_fingerprint, dft_fidelity=self.dft_fidelity, hit_threshold=self.hit_threshold,
+            references=self.references, candidates=self.candidates, dft={cid: self.dft[cid] for cid in visible},
+            dft_attempts=sorted((e for e in self.dft_attempts if key(e.candidate_id)[0] <= last_round),
+                                key=lambda e: (*key(e.candidate_id), e.attempt)),
+            mlip=self.mlip, submitted=self.submitted, predicted=self.predicted, scored_by=self.scored_by)
+
     # ------------------------------------------------------------------ derived
 
     def reference_results(self, evals: dict[str, Evaluation]) -> list[Evaluation]:

@@ -1,11 +1,14 @@
 """``discovery`` command line: run, validate and inspect campaigns.
 
-Exit codes: 0 success, 2 bad input (config, data, folder state), 1 anything else.
+Exit codes: 0 success, 2 bad input (config, data, folder state), 1 anything else. A storage
+fault (full disk, file-size limit, read-only or non-writable folder) is one line naming the file,
+exit code 1; every file is written atomically, so ``--resume`` continues once the cause is gone.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import logging.handlers
@@ -17,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from discovery.errors import ConfigError, DataError, DiscoveryError, LedgerError, OracleSetupError
+from discovery.fileio import storage_error, write_text_atomic
 from discovery.csp import add_csp_parser, cmd_csp
 from discovery.datasets.cli import add_dataset_parser
 from discovery.datasets.cli import cmd_dataset as run_dataset_build
@@ -45,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show what a campaign has done so far (works while it runs)")
     st.add_argument("out", type=Path, help="campaign folder")
     st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.add_argument("--watch", nargs="?", type=float, const=5.0, default=None, metavar="SECONDS",
+                    help="redraw every SECONDS (default 5) until the campaign stops or Ctrl-C")
 
     rep = sub.add_parser("report", help="write a campaign's self-contained report.html (works while it runs)")
     rep.add_argument("out", type=Path, help="campaign folder")
@@ -145,6 +151,12 @@ class RichReporter:
 
 
 def print_table(status: dict, console) -> None:
+    console.print(status_view(status))
+
+
+def status_view(status: dict):
+    """The status table, its legend and the totals line, as one rich renderable."""
+    from rich.console import Group
     from rich.table import Table
 
     table = Table(title=f"{status['name']}: DFT-validated candidates, ranked by energy above hull")
@@ -158,18 +170,58 @@ def print_table(status: dict, console) -> None:
     for i, row in enumerate(status["best"], 1):
         table.add_row(str(i), row["formula"], fmt(row["formation_energy_per_atom"]), fmt(row["e_above_hull"]),
                       fmt(row["e_above_reference_hull"]), "yes" if row["novel"] else "no", row["generator"], str(row["round"]), row["id"])
-    console.print(table)
-    console.print(
-        f"hits: novel structures (not a relaxed reference or an earlier result) within "
-        f"{status['hit_e_above_hull_ev']} eV/atom of the campaign hull; 'vs refs' < 0 means below the "
-        "hull of the reference phases alone")
-    console.print(
-        f"rounds {status['rounds']} | proposed {status['candidates_proposed']} | valid "
-        f"{status['candidates_valid']} | novel {status['candidates_novel']} | CHGNet relaxed "
-        f"{status['mlip_relaxed']} | DFT ok {status['dft_completed']} failed {status['dft_failed']} "
-        f"(+{status['dft_references_completed']} references) | repeated {status['dft_repeated']} | hits "
-        f"{status['hits']} (E_hull <= {status['hit_e_above_hull_ev']} eV/atom) | wall {status['wall_s']:.0f} s | "
-        f"DFT busy {100 * status['dft_busy_fraction']:.0f} %")
+    legend = (f"hits: novel structures (not a relaxed reference or an earlier result) within "
+              f"{status['hit_e_above_hull_ev']} eV/atom of the campaign hull; 'vs refs' < 0 means below the "
+              "hull of the reference phases alone")
+    totals = (f"rounds {status['rounds']} | proposed {status['candidates_proposed']} | valid "
+              f"{status['candidates_valid']} | novel {status['candidates_novel']} | CHGNet relaxed "
+              f"{status['mlip_relaxed']} | DFT ok {status['dft_completed']} failed {status['dft_failed']} "
+              f"(+{status['dft_references_completed']} references) | repeated {status['dft_repeated']} | hits "
+              f"{status['hits']} (E_hull <= {status['hit_e_above_hull_ev']} eV/atom) | wall {status['wall_s']:.0f} s | "
+              f"DFT busy {100 * status['dft_busy_fraction']:.0f} %")
+    from discovery.report import milestone_lines
+
+    return Group(table, legend, totals, *milestone_lines(status))
+
+
+def watch_status(out: Path, every_s: float, console) -> int:
+    """Redraw the status and a DFT progress bar every ``every_s`` seconds until the campaign's driver
+    has stopped (or Ctrl-C); the ledger is only read."""
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress_bar import ProgressBar
+
+    from discovery.report import load_status_or_raise
+
+    def view(status: dict):
+        done = (status["dft_completed"] + status["dft_failed"] + status["dft_references_completed"]
+                + status["dft_references_failed"])
+        in_flight = max(0, status["dft_submitted"] - status["dft_attempts"])  # a submission has <= 1 result
+        total = max(done + in_flight, 1)
+        state = "running" if status["running"] else "stopped"
+        bar = ProgressBar(total=total, completed=done, width=40)
+        return Group(status_view(status), f"DFT {done}/{total} ({state}; refreshed every {every_s:g} s, Ctrl-C leaves)",
+                     bar)
+
+    status = load_status_or_raise(out)
+    try:
+        if console.is_terminal:
+            with Live(view(status), console=console, refresh_per_second=4, transient=False) as live:
+                while status["running"]:
+                    time.sleep(every_s)
+                    status = load_status_or_raise(out)
+                    live.update(view(status))
+        else:  # a pipe or a log file: one progress line per refresh, the whole view at the end
+            while status["running"]:
+                console.print(view(status).renderables[1])
+                time.sleep(every_s)
+                status = load_status_or_raise(out)
+            console.print(view(status))
+    except KeyboardInterrupt:
+        pass  # leaving the watch is no error
+    return 0
 
 
 def _stdout_console():
@@ -192,18 +244,25 @@ def cmd_run(args, console) -> int:
                        source=str(args.campaign))
     args.held_logs.show()
     status_word = "FAILED"
+    tracker = prepared.tracker
     try:
         prepared.campaign.run()
         status_word = "FINISHED"
     finally:
         prepared.ledger.close()
-        status = campaign_status(prepared.out_dir)
-        files = write_artifacts(prepared.out_dir, status)
-        tracker = prepared.tracker
-        for f in files:
-            tracker.log_artifact(f, "cifs" if f.suffix == ".cif" else None)
-        tracker.log_metrics({k: status[k] for k in ("dft_completed", "dft_failed", "hits", "wall_s",
-                                                   "dft_busy_fraction", "dft_repeated")}, step=status["rounds"])
+        try:
+            status = campaign_status(prepared.out_dir)
+            files = write_artifacts(prepared.out_dir, status)
+            for f in files:
+                tracker.log_artifact(f, "cifs" if f.suffix == ".cif" else None)
+            tracker.log_metrics({k: status[k] for k in ("dft_completed", "dft_failed", "hits", "wall_s",
+                                                       "dft_busy_fraction", "dft_repeated")}, step=status["rounds"])
+        except (OSError, DiscoveryError) as exc:
+            if status_word == "FINISHED":
+                tracker.close("FAILED")
+                raise
+            # the campaign already failed (a full disk, Ctrl-C): that error is the one to report
+            logging.getLogger("discovery.campaign").warning("campaign outputs not updated: %s", exc)
         # a finished run only: after Ctrl-C or SIGTERM the driver exits at once (`discovery report` draws it later)
         report = try_write_report(prepared.out_dir, tracker) if status_word == "FINISHED" else None
         tracker.close(status_word)
@@ -228,6 +287,10 @@ def cmd_validate(args, console) -> int:
 def cmd_status(args, console) -> int:
     from discovery.report import load_status_or_raise
 
+    if args.watch is not None:
+        if args.json or not args.watch > 0:
+            raise ConfigError("status: --watch takes a positive number of seconds and no --json")
+        return watch_status(args.out, args.watch, _stdout_console())
     status = load_status_or_raise(args.out)
     if args.json:
         print(json.dumps(status, indent=2, default=str))
@@ -333,8 +396,7 @@ def cmd_tune(args, console) -> int:
         files["best_campaign.yaml"] = yaml.safe_dump(best_campaign(tune_config.campaign, best_config, tune_config),
                                                      sort_keys=False)
     for name, text in files.items():
-        (out / (name + ".tmp")).write_text(text)
-        os.replace(out / (name + ".tmp"), out / name)
+        write_text_atomic(out / name, text)
     summary = {"name": tune_config.name, "policy": tune_config.policy, "objective": tune_config.objective,
                "budget": base.budget, "trials": trials, "best": best, "out": str(out),
                "files": sorted(files)}
@@ -430,6 +492,22 @@ def cmd_dataset(args, console) -> int:
     return run_dataset_build(args, console, executor=executor)
 
 
+def storage_message(exc: OSError, command: str) -> str:
+    """One line for a storage fault: the file, what went wrong, and what to do about it."""
+    where = exc.filename or "a file"
+    if exc.filename2:
+        where = f"{where} -> {exc.filename2}"
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        remedy = "make the folder writable"
+    elif exc.errno == errno.EIO:
+        remedy = "check the disk"
+    else:  # ENOSPC, EDQUOT, EFBIG (a file-size limit)
+        remedy = "free some space (or lift the file-size limit)"
+    then = ", then continue with --resume" if command == "run" else ", then run it again"
+    return f"{where}: cannot write ({what}); {remedy}{then}"
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -443,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")  # no native dumps on `kill`
     # SIGTERM (batch schedulers, `kill`) stops as cleanly as Ctrl-C: actors and workers are shut down
     signal.signal(signal.SIGTERM, _interrupt)
     handlers = {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "benchmark": cmd_benchmark,
@@ -460,6 +539,13 @@ def main(argv: list[str] | None = None) -> int:
     except DiscoveryError as exc:
         held.show()
         print(f"discovery: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        fault = storage_error(exc)
+        if fault is None:
+            raise
+        held.show()
+        print(f"discovery: error: {storage_message(fault, args.command)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         hint = "; resume with --resume" if args.command == "run" else ""

@@ -89,6 +89,14 @@ class CsvSourceConfig(Strict):
     only_campaign_elements: bool = True
 
 
+class ValidationConfig(Strict):
+    """CAMD-style validation: known phases withheld from everything the campaign starts from (seeds
+    and prototype decorations), to see whether it finds them again. A DFT result matching one
+    (StructureMatcher) within the hit threshold of the campaign hull counts as *rediscovered*."""
+
+    withhold: list[ReferencePhaseConfig] = Field(default_factory=list, max_length=100)
+
+
 class DataConfig(Strict):
     """Seed structures: built-in prototypes, CDVAE CSVs and CIF folders."""
 
@@ -145,6 +153,10 @@ class ExecutionConfig(Strict):
     num_cpus: int | None = Field(None, ge=1, le=MAX_CPUS, description="CPUs of a local Ray instance")
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per DFT calculation when a failure is "
                               "retryable (a lost worker or node, an out-of-memory kill, a timeout)")
+    information_lag: int = Field(1, ge=0, le=10, description="round N is planned from the DFT results of rounds "
+                                 "<= N-1-information_lag only (references count as round -1), whatever arrived "
+                                 "since: the campaign's outcome then does not depend on timing, while round N-1's "
+                                 "calculations still overlap round N's planning; 0: no overlap")
     dft_resource: str | None = Field("auto", description="custom Ray resource DFT actors ask for; null: none")
     resources: dict[str, ResourceConfig] = Field(default_factory=_default_resources)
 
@@ -199,6 +211,7 @@ class CampaignConfig(Strict):
     dft: DFTConfig = Field(default_factory=lambda: {"kind": DEFAULT_KINDS["dft"]}, validate_default=True)
     policy: PolicyConfig = Field(default_factory=lambda: {"kind": DEFAULT_KINDS["policy"]}, validate_default=True)
     objective: ObjectiveConfig = ObjectiveConfig()
+    validation: ValidationConfig = ValidationConfig()
     bandit: GeneratorBanditConfig | None = Field(
         default_factory=lambda: GeneratorBanditConfig(min_share=0.2),
         description="share proposals among generator arms by DFT-confirmed hits; null: n_per_round each")
@@ -211,13 +224,18 @@ class CampaignConfig(Strict):
         from pymatgen.core import Composition
 
         allowed = set(self.chemistry.elements)
-        for i, phase in enumerate(self.chemistry.reference_phases):
-            extra = {e.symbol for e in Composition(phase.formula).elements} - allowed
-            if extra:
-                raise ValueError(
-                    f"chemistry.reference_phases.{i}: {phase.formula} has elements {sorted(extra)} "
-                    "outside chemistry.elements"
-                )
+        references = {(Composition(p.formula).reduced_formula, p.prototype) for p in self.chemistry.reference_phases}
+        for where, phases in (("chemistry.reference_phases", self.chemistry.reference_phases),
+                              ("validation.withhold", self.validation.withhold)):
+            for i, phase in enumerate(phases):
+                extra = {e.symbol for e in Composition(phase.formula).elements} - allowed
+                if extra:
+                    raise ValueError(f"{where}.{i}: {phase.formula} has elements {sorted(extra)} "
+                                     "outside chemistry.elements")
+                if where == "validation.withhold" and (Composition(phase.formula).reduced_formula,
+                                                       phase.prototype) in references:
+                    raise ValueError(f"{where}.{i}: {phase.formula} ({phase.prototype}) is also a reference "
+                                     "phase, so it cannot be withheld")
         return self
 
     def components(self) -> list[tuple[str, Any]]:

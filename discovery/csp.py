@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from discovery.errors import ConfigError, DataError
+from discovery.fileio import atomic_write, write_text_atomic
 from discovery.models.lcom.starts import cell_atoms, random_start
 
 logger = logging.getLogger(__name__)
@@ -194,11 +195,11 @@ def run_csp(model: Any, formulas: Sequence[str], out_dir: Path, *, starts: int =
                                 "sound": bool(sound)})
                 for name, s in (("start", start_structures[k]), ("decoded", pred["decoded"][k]), ("final", final)):
                     if s is not None:
-                        s.to(filename=str(folder / f"{name}-{k}.cif"))
+                        write_text_atomic(folder / f"{name}-{k}.cif", s.to(fmt="cif"))
             ok = [k for k, e in enumerate(entries) if e["sound"]]
             best = min(ok, key=lambda k: entries[k]["energy_per_atom"]) if ok else None
             if best is not None:
-                finals[best][0].to(filename=str(folder / "best.cif"))
+                write_text_atomic(folder / "best.cif", finals[best][0].to(fmt="cif"))
             summary = {"formula": formula, "atoms": len(atoms), "best_start": best,
                        "best_energy_per_atom": entries[best]["energy_per_atom"] if best is not None else None,
                        "best_spacegroup": space_group_symbol(finals[best][0]) if best is not None else None,
@@ -218,7 +219,7 @@ def run_csp(model: Any, formulas: Sequence[str], out_dir: Path, *, starts: int =
             if progress is not None:
                 progress("csp", n + 1, len(formulas), {"formula": text})
     _write_table(out_dir / "csp.csv", rows)
-    (out_dir / "csp.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    write_text_atomic(out_dir / "csp.json", json.dumps(results, indent=1, default=_json_default))
     return results
 
 
@@ -231,7 +232,7 @@ def _json_default(x: Any) -> Any:
 def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    with path.open("w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -258,8 +259,11 @@ def plot_trajectory(path: Path, formula: str, entries: list[dict[str, Any]], fid
     ax2.set_ylabel("energy (eV/atom)")
     ax2.set_title(f"energies ({fidelity})")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=90)
+    finally:
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -116,7 +116,13 @@ class LocalExecutor(DFTResultQueue):
     def submit_dft(self, candidate: Candidate) -> None:
         self._queued()
         future = self._pool.submit(guarded_evaluate, self._oracle, candidate)
-        future.add_done_callback(lambda f: self._done.put(f.result()))
+        future.add_done_callback(self._finished)
+
+    def _finished(self, future) -> None:
+        # a calculation cancelled by `shutdown` (the driver stopped: Ctrl-C, a full disk) has no
+        # result; the next start submits it again
+        if not future.cancelled():
+            self._done.put(future.result())
 
     def shutdown(self) -> None:
         if self._pool is not None:

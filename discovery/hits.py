@@ -41,6 +41,36 @@ def rediscovered(results: Mapping[str, Evaluation], references: Sequence[Evaluat
     return repeated
 
 
+def matching(structure, pool) -> int | None:
+    """Index of the first structure in ``pool`` that ``structure`` matches (same reduced formula,
+    `discovery.structures.structure_matcher`), or None."""
+    from discovery.structures import structure_matcher
+
+    matcher = structure_matcher()
+    formula = structure.composition.reduced_formula
+    for i, other in enumerate(pool):
+        if other.composition.reduced_formula == formula and matcher.fit(structure, other):
+            return i
+    return None
+
+
+def withheld_found(results: Mapping[str, Evaluation], withheld: Sequence, hull: Hull,
+                   threshold: float) -> dict[int, str]:
+    """Withheld phase index -> the first result (``results`` in ledger order) that matches it and
+    lies within ``threshold`` eV/atom of ``hull``: the phases the campaign rediscovered."""
+    from pymatgen.core import Structure
+
+    found: dict[int, str] = {}
+    for cid, ev in results.items():
+        e = e_above_hull(ev, hull)
+        if e is None or e > threshold:
+            continue
+        i = matching(Structure.from_dict(ev.relaxed_structure), withheld)
+        if i is not None and i not in found:
+            found[i] = cid
+    return found
+
+
 def e_above_hull(ev: Evaluation, hull: Hull) -> float | None:
     """The relaxed structure's energy above ``hull`` (eV/atom), or None (failed, or off the hull's
     chemical system)."""

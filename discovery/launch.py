@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,16 @@ from discovery.campaign import Campaign, Reporter
 from discovery.campaign.allocation import generator_labels
 from discovery.config import CampaignConfig, config_to_yaml, flatten
 from discovery.errors import ConfigError, DataError
+from discovery.fileio import write_text_atomic
 from discovery.ledger.sqlite import SqliteLedger, check_ledger
 from discovery.lifecycle import model_sources, needs_training
 from discovery.report import LEDGER_NAME
-from discovery.seeds import reference_candidates, seed_candidates
+from discovery.seeds import reference_candidates, seed_candidates, withheld_candidates
 
 log = logging.getLogger(__name__)
 
 # Settings that must not change when a campaign is resumed: they define what the results mean.
-FROZEN_ON_RESUME = ("seed", "chemistry", "dft", "mlip", "objective")
+FROZEN_ON_RESUME = ("seed", "chemistry", "dft", "mlip", "objective", "validation")
 
 
 @dataclass
@@ -40,6 +42,13 @@ class PreparedCampaign:
 
 
 def check_folder(out_dir: Path, resume: bool) -> None:
+    """Refuse a campaign folder that cannot be started (or resumed) before anything is written.
+
+    Raises:
+        ConfigError: a ledger without ``--resume``, ``--resume`` without one, or a folder (or, for
+            a new campaign, its nearest existing parent) this process cannot write.
+        LedgerError: the ledger to resume is damaged.
+    """
     has_ledger = (out_dir / LEDGER_NAME).exists()
     if has_ledger and not resume:
         raise ConfigError(f"{out_dir}: already holds a campaign; pass --resume to continue it "
@@ -48,6 +57,29 @@ def check_folder(out_dir: Path, resume: bool) -> None:
         raise ConfigError(f"{out_dir}: --resume given but there is no campaign here")
     if resume:
         check_ledger(out_dir / LEDGER_NAME)  # a damaged ledger is refused before anything is written
+    check_writable(out_dir)
+
+
+def check_writable(out_dir: Path) -> None:
+    """Raise `ConfigError` naming ``out_dir`` when this process cannot write there: a read-only
+    folder or file system (also for root), or no permission. A new folder is checked at its
+    nearest existing parent; nothing is written."""
+    folder = out_dir
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{out_dir}: campaign folder: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only_mount(folder) else "no write permission"
+        what = "campaign folder" if folder == out_dir else f"cannot create the campaign folder: {folder}"
+        raise ConfigError(f"{out_dir}: {what} is not writable ({reason}); make it writable or choose another --out")
+
+
+def _read_only_mount(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def check_resume_compatible(config: CampaignConfig, out_dir: Path) -> None:
@@ -154,6 +186,7 @@ class CheckedInputs:
     components: dict[str, ComponentSpec]
     dft: ComponentSpec
     training: list[tuple[str, Any, Any]]
+    withheld: list  # known phases kept from the campaign (`validation.withhold`)
 
 
 def check_inputs(config: CampaignConfig, out_dir: Path, source: str = "campaign",
@@ -168,7 +201,8 @@ def check_inputs(config: CampaignConfig, out_dir: Path, source: str = "campaign"
     reporter = reporter or Reporter()
     reporter.status("loading seed structures and references")
     try:
-        seeds = seed_candidates(config)
+        withheld = withheld_candidates(config)
+        seeds = seed_candidates(config, withheld)
         references = reference_candidates(config)
     except DataError as exc:
         raise ConfigError(str(exc)) from None
@@ -179,7 +213,7 @@ def check_inputs(config: CampaignConfig, out_dir: Path, source: str = "campaign"
         problem = precheck(ref)
         if problem is not None:
             raise ConfigError(f"{source}: reference {ref.formula}: {problem.error_class}: {problem.message}")
-    return CheckedInputs(seeds, references, components, dft, read_training_data(config, reporter))
+    return CheckedInputs(seeds, references, components, dft, read_training_data(config, reporter), withheld)
 
 
 def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address: str | None = None,
@@ -201,7 +235,7 @@ def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address
     train_missing_models(config, out_dir, training, reporter)  # before the ledger: an interrupted
     # training leaves no campaign behind, and the next start trains again
     if not resume:
-        (out_dir / "campaign.yaml").write_text(config_to_yaml(config))
+        write_text_atomic(out_dir / "campaign.yaml", config_to_yaml(config))
     ledger = SqliteLedger(out_dir / LEDGER_NAME, writer=True)
     meta = ledger.meta()
     config_json = json.dumps(config.model_dump(mode="json"), sort_keys=True)
@@ -212,6 +246,9 @@ def prepare(config: CampaignConfig, out_dir: Path, resume: bool = False, address
             "dft_fingerprint": dft.extra["fingerprint"], "dft_fidelity": dft.extra["fidelity"],
             "dft_slots": config.execution.dft_slots,
             "hit_e_above_hull_ev": config.objective.hit_e_above_hull_ev,
+            # what `discovery status` checks results against (the ledger alone tells the story)
+            "withheld": [{"formula": w.formula, "prototype": w.conditions["prototype"], "structure": w.structure}
+                         for w in inputs.withheld],
         })
     elif meta.get("dft_slots") != config.execution.dft_slots:
         ledger.append("meta", "slots", {"dft_slots": config.execution.dft_slots})

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -33,6 +32,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from discovery.configbase import NestedValueError, Strict, flatten, format_validation_error, parse_overrides, set_path
 from discovery.errors import ConfigError, DataError
+from discovery.fileio import write_text_atomic
 
 #: ``progress(stage, done, total, info)``: a training stage's progress (epochs, structures, ...).
 ProgressFn = Callable[[str, int, int, dict[str, Any]], None]
@@ -89,16 +89,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON next to ``path`` and move it into place, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write JSON atomically (`discovery.fileio.atomic_write`), so readers never see half a file."""
+    return write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def json_number(x: Any) -> Any:
@@ -197,9 +189,21 @@ def verify_file(folder: Path, manifest_name: str, part: str, entry: Any) -> Path
         raise DataError(f"{file}: {part} checkpoint not found (listed in {manifest_name})")
     want = entry.get("sha256")
     if want and file_sha256(file) != want:
-        raise DataError(f"{file}: sha256 differs from the one recorded in {manifest_name}; "
-                        "the checkpoint belongs to another training run")
+        raise changed_file_error(file, manifest_name)
     return file
+
+
+def changed_file_error(file: Path, manifest_name: str) -> DataError:
+    """The error for a model file whose sha256 is not the one its manifest recorded: damaged or cut
+    short when it is not a whole zip archive (torch and numpy checkpoints are), else a file of
+    another training run."""
+    import zipfile
+
+    if not zipfile.is_zipfile(file):
+        return DataError(f"{file}: damaged or cut short (not a whole checkpoint file; sha256 differs from the one "
+                         f"recorded in {manifest_name}); train the model again or restore the folder")
+    return DataError(f"{file}: sha256 differs from the one recorded in {manifest_name}; "
+                     "the checkpoint belongs to another training run")
 
 
 # ----------------------------------------------------------------------------- training configs

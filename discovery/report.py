@@ -16,7 +16,8 @@ from pymatgen.core import Structure
 
 from discovery.campaign_state import CampaignState
 from discovery.errors import LedgerError
-from discovery.hits import hit_ids, rediscovered
+from discovery.fileio import atomic_write, write_text_atomic
+from discovery.hits import hit_ids, rediscovered, withheld_found
 from discovery.ledger.sqlite import SqliteLedger
 from discovery.records import Evaluation
 
@@ -53,6 +54,32 @@ def _wall_s(times: list[float], sessions: list[tuple[str, int, dict[str, Any], f
     if start is not None:
         total += (time.time() if running else max(times)) - start
     return total
+
+
+def campaign_clock(sessions: list[tuple[str, float]], times: list[float]):
+    """A function from a record's time to the campaign's running time at that moment: the sum of
+    the driver sessions before it, so the pause between a stop and a resume does not count. A
+    killed session (no end record) ended at its last record, as in ``discovery status``."""
+    spans: list[list[float]] = []
+    for key, t in sessions:
+        if key == "start":
+            if spans and spans[-1][1] is None:
+                spans[-1][1] = max([x for x in times if spans[-1][0] <= x < t], default=spans[-1][0])
+            spans.append([t, None])
+        elif key == "end" and spans and spans[-1][1] is None:
+            spans[-1][1] = t
+    if spans and spans[-1][1] is None:
+        spans[-1][1] = max([spans[-1][0], *times])
+
+    def clock(t: float) -> float:
+        total = 0.0
+        for start, end in spans:
+            if t <= start:
+                break
+            total += min(t, end) - start
+        return total
+
+    return clock
 
 
 def campaign_status(out_dir: str | Path) -> dict[str, Any]:
@@ -104,6 +131,8 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
     threshold = state.hit_threshold
 
     attempts = state.attempt_counts()  # from the ledger alone: work folders may sit on other nodes
+    clock = campaign_clock([(key, p["t"]) for key, _, p, _ in sessions], times)
+    milestones = _milestones(state, hit_set, meta.get("withheld", []), hull, clock)
 
     slots = meta.get("dft_slots", 1)
     busy = sum(e.provenance.wall_s for e in dft.values() if not e.extra.get("reused"))
@@ -125,6 +154,7 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
         "dft_unique_structures": unique,
         **attempts,
         "hits": len(hit_set),
+        **milestones,
         "hit_e_above_hull_ev": threshold,
         "best": best[:10],
         "curve": curve,
@@ -132,6 +162,43 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
         "dft_busy_fraction": busy / (slots * wall) if wall > 0 else 0.0,
         "dft_slots": slots,
     }
+
+
+def _milestones(state: CampaignState, hit_set: set[str], withheld: list[dict], hull, clock) -> dict[str, Any]:
+    """When the campaign found things: ``first_hit`` and one entry per rediscovered withheld phase
+    (``rediscovered``), each with its DFT call number (every DFT result counts, references too, in
+    the order they were recorded) and the campaign's running time then (`campaign_clock`, s);
+    ``withheld`` is how many phases were kept from it."""
+    call = {cid: i for i, cid in enumerate(state.dft, 1)}
+
+    def when(cid: str) -> dict[str, Any]:
+        ev = state.dft[cid]
+        done = ev.provenance.started_at + ev.provenance.wall_s
+        return {"id": cid, "formula": Structure.from_dict(ev.relaxed_structure).composition.reduced_formula,
+                "dft_call": call[cid], "wall_s": clock(done)}
+
+    first = min(hit_set, key=call.__getitem__, default=None)
+    phases = [Structure.from_dict(w["structure"]) for w in withheld]
+    found = withheld_found(state.candidate_dft(), phases, hull, state.hit_threshold)
+    return {"first_hit": None if first is None else when(first),
+            "withheld": len(withheld),
+            "rediscovered": [{**when(cid), "prototype": withheld[i]["prototype"]}
+                             for i, cid in sorted(found.items(), key=lambda kv: call[kv[1]])]}
+
+
+def milestone_lines(status: dict[str, Any]) -> list[str]:
+    """'first hit ...' and, when phases were withheld, 'rediscovered k of n withheld known phases ...'."""
+    def at(event: dict) -> str:
+        wall = "" if event["wall_s"] is None else f", {event['wall_s']:.0f} s"
+        return f"DFT call {event['dft_call']}{wall}"
+
+    first = status.get("first_hit")
+    lines = [f"first hit: {first['formula']} at {at(first)}" if first else "first hit: none yet"]
+    if status.get("withheld"):
+        found = status["rediscovered"]
+        lines.append(f"rediscovered {len(found)} of {status['withheld']} withheld known phases"
+                     + "".join(f"; {r['formula']} ({r['prototype']}) at {at(r)}" for r in found))
+    return lines
 
 
 def _failure_classes(evals) -> dict[str, int]:
@@ -218,8 +285,8 @@ def write_artifacts(out_dir: Path, status: dict[str, Any]) -> list[Path]:
     for e in evals:
         s = Structure.from_dict(e.relaxed_structure)
         path = cif_dir / f"{s.composition.reduced_formula}_{e.candidate_id}.cif"
-        if not path.exists():
-            s.to(filename=str(path))
+        if not path.exists():  # written atomically: a file that exists is whole
+            write_text_atomic(path, s.to(fmt="cif"))
         written.append(path)
     written.append(plot_discovery_curve(out_dir, status))
     return written
@@ -252,8 +319,11 @@ def plot_discovery_curve(out_dir: Path, status: dict[str, Any]) -> Path:
     ax.set_title(f"{status.get('name')}: discovery curve")
     fig.tight_layout()
     path = Path(out_dir) / "discovery_curve.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return path
 
 

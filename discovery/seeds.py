@@ -9,8 +9,18 @@ from discovery.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def seed_candidates(config) -> list:
-    """Known structures the campaign starts from: prototypes and the configured datasets."""
+def withheld_candidates(config) -> list:
+    """The known phases ``validation.withhold`` keeps from the campaign, built from their prototypes."""
+    from discovery.data.references import build_reference_phase
+    from discovery.structures import make_candidate
+
+    return [make_candidate(build_reference_phase(p.formula, p.prototype), "withheld",
+                           conditions={"prototype": p.prototype}) for p in config.validation.withhold]
+
+
+def seed_candidates(config, withheld: list | None = None) -> list:
+    """Known structures the campaign starts from: prototypes and the configured datasets, less any
+    that match a ``withheld`` phase (StructureMatcher within the formula)."""
     from discovery.data import loaders, prototypes
     from discovery.structures import make_candidate
 
@@ -28,6 +38,13 @@ def seed_candidates(config) -> list:
         loaded = loaders.load_cif_dir(folder, elements=elements)
         _report_load(folder, loaded, "files")
         seeds += loaded.candidates
+    if withheld:
+        from discovery.hits import matching
+
+        kept = [s for s in seeds if matching(s.pmg, [w.pmg for w in withheld]) is None]
+        log.info("validation: %d seed structures withheld (%s)", len(seeds) - len(kept),
+                 ", ".join(f"{w.formula} {w.conditions['prototype']}" for w in withheld))
+        seeds = kept
     return seeds
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from discovery.benchmark.config import BenchmarkConfig
 from discovery.benchmark.replay import ReplayRun, run_replay
+from discovery.fileio import atomic_write, write_text_atomic
 from discovery.metrics.discovery_metrics import (
     calls_to_recall,
     enhancement_factor,
@@ -188,8 +188,11 @@ def plot_curves(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"discovery_curves_{name}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        try:
+            with atomic_write(path, "wb") as fh:
+                fig.savefig(fh, format="png", dpi=120)
+        finally:
+            plt.close(fig)
         paths.append(path)
     return paths
 
@@ -202,10 +205,7 @@ def write_outputs(config: BenchmarkConfig, runs: list[ReplayRun], summary: dict[
     for name, text in (("summary.json", json.dumps(summary, indent=2)),
                        ("runs.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in runs)),
                        ("benchmark.yaml", _yaml(config))):
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
-        paths.append(out_dir / name)
+        paths.append(write_text_atomic(out_dir / name, text))
     return paths + plot_curves(summary, out_dir)
 
 

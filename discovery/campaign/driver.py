@@ -1,7 +1,9 @@
 """`Campaign`: the loop that decides what to compute; executors do the computing.
 
 The loop refills DFT slots asynchronously: a new round is planned as soon as the DFT queue runs
-low (`Campaign._queue_low`), so slots never wait for a batch barrier. What one round does is in
+low (`Campaign._queue_low`), so slots never wait for a batch barrier. A round is planned only from the
+results of rounds at least ``execution.information_lag`` rounds back (`Campaign._visible`), waiting for
+them if need be, so what a campaign finds does not depend on timing. What one round does is in
 `Campaign._plan_round`, step by step (learn, propose, filter, score, screen, select, submit); the
 steps' details live in `discovery.campaign.scoring`, `.screening` and `.allocation`. Everything
 decided or computed goes to the ledger first (the driver is its only writer), so a restarted
@@ -11,6 +13,7 @@ driver re-submits only what has no result (`Campaign._restore`).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +27,7 @@ from discovery.campaign.scoring import OBJECTIVE_PROPERTY, policy_context, poste
 from discovery.campaign.screening import RoundStats, generator_funnel, screen
 from discovery.campaign_state import CampaignState
 from discovery.config import CampaignConfig
-from discovery.errors import ConfigError
+from discovery.errors import ConfigError, LedgerError
 from discovery.executor import Executor
 from discovery.ledger.sqlite import SqliteLedger, evaluation_key
 from discovery.objective import Bound, Objective
@@ -114,7 +117,7 @@ class Campaign:
             self._start_references()
             while True:
                 self._record(self.executor.completed(timeout_s=0))
-                if self.next_round < self.config.rounds and self._queue_low():
+                if self.next_round < self.config.rounds and self._queue_low() and self._can_plan(self.next_round):
                     self._plan_round(self.next_round)
                     self.next_round += 1
                     continue
@@ -122,14 +125,29 @@ class Campaign:
                     break
                 self._record(self.executor.completed(timeout_s=1.0))
         finally:
+            in_flight = sys.exc_info()[1]
             self.executor.shutdown()
-            self.ledger.append("session", "end", {"event": "end", "t": time.time()})
-            self.reporter.close()
+            try:
+                self.ledger.append("session", "end", {"event": "end", "t": time.time()})
+            except LedgerError:  # a full disk: the error in flight (if any) is the one to report
+                if in_flight is None:
+                    raise
+            finally:
+                self.reporter.close()
 
     def _queue_low(self) -> bool:
         """Plan the next round while every slot still has one calculation queued behind the running
         one, so planning (training, proposing, CHGNet) overlaps DFT instead of idling slots."""
         return self.executor.outstanding <= 2 * self.config.execution.dft_slots
+
+    def _visible(self, rnd: int) -> int:
+        """The last round whose results round ``rnd`` is planned from (references are round -1)."""
+        return rnd - 1 - self.config.execution.information_lag
+
+    def _can_plan(self, rnd: int) -> bool:
+        """Every calculation of the rounds round ``rnd`` sees is back (retries included)."""
+        last = self._visible(rnd)
+        return not any(r <= last for r, _, _ in self._inflight.values())
 
     # ================================================================ resume
 
@@ -141,9 +159,10 @@ class Campaign:
         rounds = [r for _, r, _, _ in self.ledger.rows("round")]
         self.next_round = max(rounds) + 1 if rounds else 0
         self.filter.add_known(list(self.state.candidates.values()))
+        # DFT-relaxed structures become known when a plan first sees them (`_plan_round`), as they
+        # did in the uninterrupted run
         self.filter.add_known([self.state.relaxed_copy(self.state.candidates[i], e)
-                               for i, e in [*self.state.mlip.items(), *self.state.dft.items()]
-                               if e.ok and i in self.state.candidates])
+                               for i, e in self.state.mlip.items() if e.ok and i in self.state.candidates])
         latest: dict[str, tuple[int, int, Candidate]] = {}
         for _, rnd, payload, _ in self.ledger.rows("submission"):
             cand = Candidate.model_validate(payload["candidate"])
@@ -215,13 +234,16 @@ class Campaign:
         raise ConfigError(f"dft: every reference failed ({shown}{'; ...' if len(results) > 3 else ''}), so there "
                           "is no hull to judge candidates by; check the dft settings and start a new --out")
 
-    def _submit(self, cand: Candidate, rnd: int, attempt: int = 1) -> None:
+    def _submit(self, cand: Candidate, rnd: int, attempt: int = 1, dispatch: bool = True) -> None:
+        """Record a DFT submission, then hand it to the executor (``dispatch=False``: the caller does,
+        once the transaction holding the record has committed)."""
         self.ledger.append("submission", evaluation_key(cand.id, self.state.dft_fingerprint, attempt),
                            {"candidate": cand.model_dump(mode="json"), "attempt": attempt}, rnd)
         self.state.submitted[cand.id] = rnd
         self._inflight[cand.id] = (rnd, attempt, cand)
         self.round_open.setdefault(rnd, set()).add(cand.id)
-        self.executor.submit_dft(cand)
+        if dispatch:
+            self.executor.submit_dft(cand)
 
     # ================================================================ recording
 
@@ -240,8 +262,6 @@ class Campaign:
                 continue
             self.state.dft[ev.candidate_id] = ev
             if ev.ok:
-                if cand is not None:  # later proposals must be new after DFT too
-                    self.filter.add_known([self.state.relaxed_copy(cand, ev)])
                 self.reporter.status(f"DFT done: {name} E = {ev.energy_per_atom:.4f} eV/atom "
                                      f"({ev.provenance.wall_s:.0f} s)")
             else:
@@ -270,17 +290,32 @@ class Campaign:
         return np.random.default_rng(np.random.SeedSequence(self.config.seed, spawn_key=(rnd, *stream)))
 
     def _plan_round(self, rnd: int) -> None:
+        """Plan round ``rnd`` and record it in one ledger transaction: a driver killed while planning
+        leaves no trace of the round, so a resume plans it again from the same state (the same
+        candidates, selections and submissions as an uninterrupted run); only then does DFT start."""
+        with self.ledger.transaction():
+            submitted = self._plan(rnd)
+        for cand in submitted:
+            self.executor.submit_dft(cand)
+        if not submitted:
+            self._round_finished(rnd)
+
+    def _plan(self, rnd: int) -> list[Candidate]:
         t0 = time.time()
         stats = RoundStats(rnd)
-        hull = self.state.dft_hull()
-        self._hits = self.state.hits(hull)  # StructureMatcher over all results: once per round
+        seen = self.state.as_of(self._visible(rnd))  # what this round may know, whatever arrived since
+        # later proposals must be new after DFT too
+        self.filter.add_known([seen.relaxed_copy(seen.candidates[i], e) for i, e in seen.candidate_dft().items()
+                               if e.ok and i in seen.candidates])
+        hull = seen.dft_hull()
+        self._hits = seen.hits(hull)  # StructureMatcher over all results: once per round
         self._members, self._mlip_ehull = {}, {}
-        self._learn(rnd, hull)
+        self._learn(rnd, hull, seen)
 
         # propose: the bandit shares the proposal budget among (generator, condition) arms by hits
         quotas = proposal_quotas(arms=self.arms, n_per_round={n: self.components[n].config.n_per_round
                                                               for n in self.generators},
-                                 bandit_config=self.config.bandit, state=self.state, hits=self._hits,
+                                 bandit_config=self.config.bandit, state=seen, hits=self._hits,
                                  rng=self._rng(rnd, 3), rnd=rnd, tracker=self.tracker, ledger=self.ledger)
         self.reporter.status(f"round {rnd}: proposing with {sum(q > 0 for q in quotas.values())} arm(s): "
                              + ", ".join(f"{a} {q}" for a, q in quotas.items()))
@@ -312,7 +347,7 @@ class Campaign:
             ranked = sorted((c for c in accepted if c.id in preds), key=lambda c: preds[c.id][0] - kappa * preds[c.id][1])
         else:
             ranked = [accepted[i] for i in self._rng(rnd, 1).permutation(len(accepted))]
-        pool, pool_preds = screen(rnd, ranked, preds, config=self.config, executor=self.executor, state=self.state,
+        pool, pool_preds = screen(rnd, ranked, preds, config=self.config, executor=self.executor, state=seen,
                                   candidate_filter=self.filter, record_mlip=self._record_mlip, reporter=self.reporter,
                                   stats=stats, mlip_ehull=self._mlip_ehull)
 
@@ -320,7 +355,7 @@ class Campaign:
         embeddings = None
         if self.surrogate_fitted and pool and self.config.policy.diversity.needs_embeddings:
             embeddings = np.asarray(self.executor.call("surrogate", "embed", pool))
-        context = policy_context(self.state, rnd, pool, hull, cheap=preds is not None, mlip_ehull=self._mlip_ehull)
+        context = policy_context(seen, rnd, pool, hull, cheap=preds is not None, mlip_ehull=self._mlip_ehull)
         selection = self.policy.select(pool, posterior(pool, pool_preds, self._members, embeddings),
                                        self.config.dft_per_round, context)
         selection = selection.model_copy(update={"policy": f"{selection.policy}/{stats.scored_by}"})
@@ -330,9 +365,10 @@ class Campaign:
         stats.by_generator = generator_funnel(proposed, result.reasons, accepted,
                                               pool if self.config.mlip.enabled else None, selection.candidate_ids)
         by_id = {c.id: c for c in pool}
-        for cid in selection.candidate_ids:
-            self._submit(self._dft_start(by_id[cid]), rnd)
-        if not selection.candidate_ids:
+        submitted = [self._dft_start(by_id[cid]) for cid in selection.candidate_ids]
+        for cand in submitted:
+            self._submit(cand, rnd, dispatch=False)
+        if not submitted:
             self.round_open.setdefault(rnd, set())
         self.ledger.append("round", str(rnd), {**stats.__dict__, "wall_s": time.time() - t0}, rnd)
         self.tracker.log_metrics({"proposed": stats.proposed, "valid": stats.valid, "novel": stats.novel,
@@ -343,8 +379,7 @@ class Campaign:
             f"CHGNet relaxed {stats.mlip_relaxed} ({stats.mlip_not_novel} relaxed into known structures, "
             f"{stats.mlip_passed} kept), selected {stats.selected} "
             f"by {selection.policy} in {time.time() - t0:.0f} s")
-        if not selection.candidate_ids:
-            self._round_finished(rnd)
+        return submitted
 
     def _propose(self, rnd: int, quotas: dict[str, int]) -> list[Candidate]:
         """Ask every arm with a quota for candidates (in parallel where the executor can); a
@@ -386,9 +421,8 @@ class Campaign:
                 out.append(c.model_copy(update={"round": rnd, "generator": label, "conditions": conditions}))
         return out
 
-    def _learn(self, rnd: int, hull: Hull) -> None:
-        """Refit the surrogate on every DFT label and tell generators what DFT confirmed."""
-        state = self.state
+    def _learn(self, rnd: int, hull: Hull, state: CampaignState) -> None:
+        """Refit the surrogate on every DFT label ``state`` holds and tell generators what DFT confirmed."""
         known = self.seeds + [state.candidates[i] for i in state.candidate_dft() if i in state.candidates]
         cands, targets, sources = state.labels(hull)
         labels = [(c, t) for c, t, src in zip(cands, targets, sources, strict=True) if src not in self.references]

@@ -21,7 +21,7 @@ from discovery.errors import LedgerError
 from discovery.hits import hit_ids, rediscovered
 from discovery.ledger.sqlite import SqliteLedger
 from discovery.records import Evaluation
-from discovery.report import LEDGER_NAME, campaign_status
+from discovery.report import LEDGER_NAME, campaign_clock, campaign_status
 from discovery.thermo import Hull
 
 #: Example messages shown per DFT failure class.
@@ -50,6 +50,7 @@ class Result:
     e_above_reference_hull: float | None
     novel: bool
     hit: bool
+    rediscovered: bool  # matches a phase the campaign withheld (`validation.withhold`)
     dft_wall_s: float
     cif: Path | None
 
@@ -173,9 +174,9 @@ def load_report_data(out_dir: str | Path) -> ReportData:
     arrivals = [(p["candidate_id"], p["status"], created) for p, created in evaluations
                 if p["oracle_fingerprint"] == state.dft_fingerprint and p["fidelity"] == state.dft_fidelity]
     hull = state.dft_hull()
-    results = _results(state, hull, out_dir)
+    results = _results(state, hull, out_dir, {r["id"] for r in status["rediscovered"]})
     by_id = {r.id: r for r in results}
-    clock = _campaign_clock(sessions, [t for _, t in evaluations])
+    clock = campaign_clock(sessions, [t for _, t in evaluations])
     campaign_yaml = out_dir / "campaign.yaml"
     return ReportData(
         out_dir=out_dir, status=status, meta=meta, elements=hull.elements, hit_threshold=state.hit_threshold,
@@ -192,7 +193,7 @@ def load_report_data(out_dir: str | Path) -> ReportData:
     )
 
 
-def _results(state: CampaignState, hull: Hull, out_dir: Path) -> list[Result]:
+def _results(state: CampaignState, hull: Hull, out_dir: Path, withheld_found: set[str]) -> list[Result]:
     """Every successful DFT result, references first, then candidates in arrival order."""
     cand_dft = state.candidate_dft()
     references = state.reference_results(state.dft)
@@ -216,34 +217,9 @@ def _results(state: CampaignState, hull: Hull, out_dir: Path) -> list[Result]:
             e_above_hull=res.e_above_hull if res else None,
             e_above_reference_hull=res.e_above_reference_hull if res else None,
             novel=cid not in state.references and cid not in known, hit=cid in hits,
+            rediscovered=cid in withheld_found,
             dft_wall_s=ev.provenance.wall_s, cif=cif if cif.is_file() else None))
     return out
-
-
-def _campaign_clock(sessions: list[tuple[str, float]], times: list[float]):
-    """A function from a record's time to the campaign's running time at that moment: the sum of
-    the driver sessions before it, so the pause between a stop and a resume does not count. A
-    killed session (no end record) ended at its last record, as in ``discovery status``."""
-    spans: list[list[float]] = []
-    for key, t in sessions:
-        if key == "start":
-            if spans and spans[-1][1] is None:
-                spans[-1][1] = max([x for x in times if spans[-1][0] <= x < t], default=spans[-1][0])
-            spans.append([t, None])
-        elif key == "end" and spans and spans[-1][1] is None:
-            spans[-1][1] = t
-    if spans and spans[-1][1] is None:
-        spans[-1][1] = max([spans[-1][0], *times])
-
-    def clock(t: float) -> float:
-        total = 0.0
-        for start, end in spans:
-            if t <= start:
-                break
-            total += min(t, end) - start
-        return total
-
-    return clock
 
 
 def _curve(state: CampaignState, arrivals: list[tuple[str, str, float]], by_id: dict[str, Result],

@@ -22,6 +22,8 @@ from discovery.campaign_report.data import (
 
 DPI = 100
 HIT_STYLE = {"marker": "*", "s": 260, "color": "gold", "edgecolors": "black", "linewidths": 0.8, "zorder": 6}
+REDISCOVERED_STYLE = {"marker": "o", "s": 420, "facecolors": "none", "edgecolors": "tab:red", "linewidths": 2.0,
+                      "zorder": 7}
 REFERENCE_STYLE = {"marker": "D", "s": 90, "facecolors": "none", "edgecolors": "tab:blue", "linewidths": 1.8,
                    "zorder": 5}
 #: Unstable results further above the hull than this are left out of the hull diagram, eV/atom.
@@ -128,16 +130,19 @@ def _phase_diagram(diagram, entries) -> bytes:
     _, stable, unstable = plotter.pd_plot_data
     where = {id(entry): coords for coords, entry in stable.items()}
     where.update({id(entry): coords for entry, coords in unstable.items()})
-    marks: dict[str, list] = {"hit": [], "reference": []}
+    marks: dict[str, list] = {"hit": [], "reference": [], "rediscovered": []}
     for entry, r in entries:
         coords = where.get(id(entry))
         if coords is None or (r.e_above_hull or 0.0) > HULL_WINDOW_EV:
             continue
+        if r.rediscovered:
+            marks["rediscovered"].append(tuple(coords))
         if r.hit:
             marks["hit"].append(tuple(coords))
         elif r.reference and len(entry.composition.elements) > 1:
             marks["reference"].append(tuple(coords))
-    for kind, style, label in (("reference", REFERENCE_STYLE, "reference phase"), ("hit", HIT_STYLE, "hit")):
+    for kind, style, label in (("reference", REFERENCE_STYLE, "reference phase"), ("hit", HIT_STYLE, "hit"),
+                               ("rediscovered", REDISCOVERED_STYLE, "rediscovered withheld phase")):
         if marks[kind]:
             ax.scatter(*zip(*marks[kind], strict=True), label=label, **style)
     handles, labels = ax.get_legend_handles_labels()
@@ -163,7 +168,7 @@ def _composition_plot(diagram, entries) -> bytes:
     closest = sorted(by_formula, key=lambda f: min(r.e_above_hull or 0.0 for r in by_formula[f]))[:MAX_COMPOSITIONS]
     formulas = sorted(closest, key=lambda f: (len(by_formula[f][0].structure.composition.elements), f))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(formulas) + 2), 4.8))
-    xs, ys, cs, hits, refs = [], [], [], [], []
+    xs, ys, cs, hits, refs, found = [], [], [], [], [], []
     for i, f in enumerate(formulas):
         comp = by_formula[f][0].structure.composition.reduced_composition
         e_hull = diagram.get_hull_energy_per_atom(comp)
@@ -172,6 +177,8 @@ def _composition_plot(diagram, entries) -> bytes:
                 label="campaign hull" if i == 0 else None)
         for r in by_formula[f]:
             (refs if r.reference else hits if r.hit else xs).append((i, r.formation_energy))
+            if r.rediscovered:
+                found.append((i, r.formation_energy))
             if not r.reference and not r.hit:
                 cs.append(r.e_above_hull or 0.0)
     if xs:
@@ -182,6 +189,8 @@ def _composition_plot(diagram, entries) -> bytes:
         ax.scatter(*zip(*refs, strict=True), label="reference phase", **REFERENCE_STYLE)
     if hits:
         ax.scatter(*zip(*hits, strict=True), label="hit", **HIT_STYLE)
+    if found:
+        ax.scatter(*zip(*found, strict=True), label="rediscovered withheld phase", **REDISCOVERED_STYLE)
     ys = [p[1] for p in [*xs, *refs, *hits]]
     ax.set_xticks(range(len(formulas)), formulas, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("formation energy (eV/atom)")

@@ -23,6 +23,8 @@ from discovery.campaign_report.data import (
     load_report_data,
 )
 from discovery.errors import ConfigError
+from discovery.fileio import write_text_atomic
+from discovery.report import milestone_lines
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +72,10 @@ def write_report(out_dir: str | Path, out_file: str | Path | None = None) -> Pat
         raise ConfigError(f"--out {out_file}: is a folder; give a file name")
     data = load_report_data(out_dir)
     page = render(data, out_file.parent, started)
-    tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")  # one per writer; usual permissions
     try:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out_file)
+        write_text_atomic(out_file, page)
     except OSError as exc:
         raise ConfigError(f"{out_file}: cannot write the report ({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_file
 
 
@@ -181,6 +178,8 @@ def _summary(data: ReportData) -> str:
         ("DFT attempts (retries included)", s.get("dft_attempts", "n/a")),
         ("hits", f"{s['hits']} (novel, E above hull <= {data.hit_threshold:g} eV/atom)"),
         ("best E above hull of a candidate", _f(best) + " eV/atom" if best is not None else "n/a"),
+        *((line.split(": ", 1) if line.startswith("first hit") else ("validation", line))
+          for line in milestone_lines(s)),
         ("wall time", f"{s['wall_s'] / 60:.1f} min"),
         ("DFT slots busy", f"{100 * s['dft_busy_fraction']:.0f} % of {s['dft_slots']} slot(s)"),
     ]

@@ -38,7 +38,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +49,7 @@ from discovery.datasets.config import DatasetConfig
 from discovery.datasets.plan import Job, Plan, plan_jobs
 from discovery.datasets.worklog import WorkLog
 from discovery.errors import ConfigError, DataError
+from discovery.fileio import write_text_atomic
 from discovery.lifecycle import file_sha256, package_versions, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -310,13 +310,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]) for k in CSV_COLUMNS})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def build_dataset(config: DatasetConfig, out_dir: str | Path, executor: Any = None,

@@ -10,6 +10,7 @@ lost and a config changed since) are ignored, so a result is never reused for an
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -74,8 +75,8 @@ class WorkLog:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             written = os.write(fd, line)
-            if written != len(line):  # a short write on a full disk: never leave a partial line behind
-                raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes)")
+            if written != len(line):  # a full disk; the torn line is dropped when the file is next opened
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)", str(self.path))
             os.fsync(fd)
         finally:
             os.close(fd)

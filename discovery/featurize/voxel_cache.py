@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Literal
 import numpy as np
 
 from discovery.errors import DataError
+from discovery.fileio import atomic_write
 from discovery.featurize.voxels import CACHE_FORMAT, VoxelConfig, coordinate_channels, featurize_many
 
 logger = logging.getLogger(__name__)
@@ -52,20 +52,15 @@ class VoxelCache:
         """Write stacked arrays (as `featurize_many` returns them) for ``ids`` (one per row)."""
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(key)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(
-                    fh,
-                    key=np.array(key),
-                    ids=np.asarray(list(ids), dtype=str),
-                    density=np.ascontiguousarray(arrays["x"][:, 0]),
-                    species=arrays["species"].astype(np.uint8),
-                    lattice=arrays["lattice"].astype(np.float32),
-                )
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(final, "wb") as fh:
+            np.savez(
+                fh,
+                key=np.array(key),
+                ids=np.asarray(list(ids), dtype=str),
+                density=np.ascontiguousarray(arrays["x"][:, 0]),
+                species=arrays["species"].astype(np.uint8),
+                lattice=arrays["lattice"].astype(np.float32),
+            )
         return final
 
     def load(self, key: str, config: VoxelConfig) -> dict[str, np.ndarray] | None:

@@ -56,6 +56,9 @@ def _ledger_error(path: Path, exc: sqlite3.Error) -> LedgerError:
         return LedgerError(f"{path}: not a campaign ledger ({text}); {_REMEDY}")
     if "malformed" in text or "not a database" in text:
         return LedgerError(f"{path}: damaged ({text}); {_REMEDY}")
+    if any(m in text for m in ("disk I/O error", "database or disk is full", "readonly database")):
+        return LedgerError(f"{path}: cannot write ({text}: a full disk, a file-size limit or a read-only "
+                           "folder?); free space or fix the folder, then continue with --resume")
     return LedgerError(f"{path}: {text}")
 
 
@@ -159,6 +162,23 @@ class SqliteLedger:
             raise _ledger_error(self.path, exc) from None
 
     # ------------------------------------------------------------------ writing
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every `append` inside one all-or-nothing write: a driver killed half-way leaves none
+        of them behind (a round's decisions are recorded whole or not at all). Not re-entrant."""
+        if not self.writer:
+            raise LedgerError(f"{self.path}: opened read-only")
+        with self._sqlite_errors():
+            self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.db.in_transaction:  # sqlite may have rolled back already (a full disk)
+                self.db.execute("ROLLBACK")
+            raise
+        with self._sqlite_errors():
+            self.db.execute("COMMIT")
 
     def append(self, kind: str, key: str, payload: Record | dict[str, Any], round: int = -1) -> bool:
         """Append one record; returns False when a unique record with this key already exists."""

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from discovery.fileio import atomic_write
+
 log = logging.getLogger(__name__)
 
 #: Lengths of the two fingerprints.
@@ -190,9 +192,8 @@ class FingerprintCache:
             if self._data[k] is not None:
                 fps[i], ok[i] = self._data[k], True
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp.npz")
-        np.savez_compressed(tmp, keys=np.array(keys, dtype=str), struct=fps, ok=ok)
-        tmp.replace(target)
+        with atomic_write(target, "wb") as fh:
+            np.savez_compressed(fh, keys=np.array(keys, dtype=str), struct=fps, ok=ok)
         return target
 
 

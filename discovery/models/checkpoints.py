@@ -7,12 +7,12 @@ file is one `DataError` line that names it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from discovery.errors import DataError
+from discovery.fileio import atomic_write
 
 MISSING = "<missing>"
 
@@ -26,17 +26,17 @@ def first_line(exc: BaseException) -> str:
 
 
 def write_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
-    """``torch.save`` next to ``path``, then moved into place: a crash never leaves half a file."""
+    """``torch.save`` next to ``path``, then moved into place (`discovery.fileio.atomic_write`): a
+    crash or a full disk never leaves half a file under ``path``, and the previous one stays.
+
+    Raises:
+        OSError: the file could not be written (a full disk is ``ENOSPC``, not torch's RuntimeError).
+    """
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two writers never share a temp file
-    try:
-        torch.save(dict(payload), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "wb") as fh:
+        torch.save(dict(payload), fh)
     return path
 
 

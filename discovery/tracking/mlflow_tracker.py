@@ -14,6 +14,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
+#: MLflow 3's UI shows an experiment as model training (runs, metrics, charts) rather than GenAI
+#: traces when this tag says so; without it the UI guesses from what the experiment holds
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 class MlflowTracker:
@@ -38,6 +41,8 @@ class MlflowTracker:
             exp_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
         else:
             exp_id = exp.experiment_id
+        if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
+            self.client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")

@@ -60,7 +60,10 @@ def test_campaign_logs_to_a_server_and_resume_continues_its_run(cli, tmp_path, m
     proc = cli("run", path, "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=mlflow_server)
-    (run,) = client.search_runs([client.get_experiment_by_name("team-campaigns").experiment_id])
+    experiment = client.get_experiment_by_name("team-campaigns")
+    # MLflow 3's UI opens it as model training (runs and charts), not as a GenAI experiment
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["dft.kind"] == "emt"
     assert "dft_completed" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

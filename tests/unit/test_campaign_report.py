@@ -169,10 +169,10 @@ def test_end_of_run_report_goes_to_the_tracker_and_a_failure_is_only_a_warning(c
 
 
 def test_wall_time_leaves_out_the_pause_between_a_kill_and_a_resume():
-    from discovery.campaign_report.data import _campaign_clock
+    from discovery.report import campaign_clock
 
     # session 1 starts at 0 and is killed after its last record, at 40; session 2 runs 1000..1060
-    clock = _campaign_clock([("start", 0.0), ("start", 1000.0), ("end", 1060.0)], [10.0, 40.0, 1030.0])
+    clock = campaign_clock([("start", 0.0), ("start", 1000.0), ("end", 1060.0)], [10.0, 40.0, 1030.0])
     assert [clock(t) for t in (10.0, 40.0, 1000.0, 1030.0, 1060.0)] == [10.0, 40.0, 40.0, 70.0, 100.0]
 
 

@@ -205,3 +205,30 @@ def test_emt_oracle_evaluation_and_resume(tmp_path):
     nacl = AseAtomsAdaptor.get_structure(bulk("NaCl", "rocksalt", a=5.64))
     bad = oracle.evaluate(Candidate(id="nacl", structure=nacl.as_dict(), formula="NaCl", generator="test"))
     assert bad.status == "failed" and bad.failure.error_class == "UnsupportedElement"
+
+
+def test_a_worker_killed_by_a_signal_is_a_retryable_failure_and_runs_again(tmp_path):
+    """A calculation whose process is killed from outside (an administrator, a node agent) becomes a
+    failure record with its class, never a crash or a hang; it is not cached, so the retry computes."""
+    import psutil
+
+    from discovery.oracles.subprocess_oracle import RETRYABLE
+
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(run_in_subprocess(
+        tmp_path, EMT_WORKER, emt_payload(delay_s=30.0), timeout_s=120, memory_gb=2.0)))
+    thread.start()
+    deadline = time.time() + 60
+    worker = None
+    while worker is None and time.time() < deadline:
+        worker = next((p for p in psutil.Process().children(recursive=True)
+                       if EMT_WORKER in " ".join(p.cmdline())), None)
+        time.sleep(0.1)
+    assert worker is not None, "the worker never started"
+    worker.send_signal(signal.SIGTERM)
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the runner hangs on a killed worker"
+    assert out["status"] == "failed" and out["error_class"] == "WorkerCrashed", out
+    assert "SIGTERM" in out["message"] and out["error_class"] in RETRYABLE
+    again = run_in_subprocess(tmp_path, EMT_WORKER, emt_payload(), timeout_s=60, memory_gb=2.0)
+    assert again["status"] == "ok" and not again.get("reused")

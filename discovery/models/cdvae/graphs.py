@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from discovery.fileio import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -381,13 +382,9 @@ class CrystalNNCache:
         edges = np.concatenate([self.graphs[k][0] for k in keys], axis=1) if keys else np.zeros((2, 0), np.int64)
         images = np.concatenate([self.graphs[k][1] for k in keys], axis=0) if keys else np.zeros((0, 3), np.int64)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp.npz")
-        try:
-            np.savez(tmp, version=np.array(CACHE_VERSION), keys=np.array(keys, dtype="U64"), counts=counts,
+        with atomic_write(self.path, "wb") as fh:
+            np.savez(fh, version=np.array(CACHE_VERSION), keys=np.array(keys, dtype="U64"), counts=counts,
                      edges=edges, images=images)
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
         self._dirty = False
 
     def get(self, structure: Structure) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from discovery.errors import DataError
 from discovery.featurize.deciles import decile_index, one_hot
-from discovery.lifecycle import check_device, file_sha256
+from discovery.lifecycle import changed_file_error, check_device, file_sha256
 from discovery.models.icsg3d.presets import ICSG3DConfig
 
 logger = logging.getLogger(__name__)
@@ -207,8 +207,7 @@ class ICSG3DModel:
         def same_file(part: str, file: Path) -> None:
             want = files[part].get("sha256") if isinstance(files[part], dict) else None
             if want and file_sha256(file) != want:
-                raise DataError(f"{file}: sha256 differs from the one recorded in {path.name}; "
-                                "the checkpoint belongs to another training run")
+                raise changed_file_error(file, path.name)
 
         unet_file = checked("unet")
         unet = load_checkpoint(unet_file, "unet", unet_architecture(config))["model"]

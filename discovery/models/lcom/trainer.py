@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from discovery.errors import ConfigError, DataError
+from discovery.fileio import atomic_write
 from discovery.lifecycle import (
     check_device,
     data_sha256,
@@ -244,10 +245,10 @@ class LCOMTrainer:
         split = np.zeros(n, dtype=bool)
         split[train_idx] = True
         latents_file = out_dir / "latents.npz"
-        tmp = out_dir / f".latents.{os.getpid()}.tmp.npz"
-        np.savez(tmp, ids=np.array(data.ids, dtype="U64"), formulas=np.array(data.formulas, dtype="U64"),
-                 n_atoms=np.array(data.n_atoms, dtype=np.int64), mu=data.mu, comp=data.comp, y=data.y, train=split)
-        os.replace(tmp, latents_file)
+        with atomic_write(latents_file, "wb") as fh:
+            np.savez(fh, ids=np.array(data.ids, dtype="U64"), formulas=np.array(data.formulas, dtype="U64"),
+                     n_atoms=np.array(data.n_atoms, dtype=np.int64), mu=data.mu, comp=data.comp, y=data.y,
+                     train=split)
         cdvae_dir = Path(data.cdvae_dir).resolve()
         manifest = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "kind": self.name, "preset": config.preset,
