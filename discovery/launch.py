@@ -87,8 +87,9 @@ def check_resume_compatible(config: CampaignConfig, out_dir: Path) -> None:
 
     stored = read_yaml_mapping(out_dir / "campaign.yaml", "stored campaign")
     current = config.model_dump(mode="json")
-    for key in FROZEN_ON_RESUME:
-        if stored.get(key) != current.get(key):
+    defaults = CampaignConfig().model_dump(mode="json")
+    for key in FROZEN_ON_RESUME:  # a section older campaign files lack stands at its default
+        if stored.get(key, defaults[key]) != current.get(key):
             raise ConfigError(f"{out_dir}/campaign.yaml: {key}: differs from the campaign being resumed; "
                               "results would not be comparable (start a new --out instead)")
 

@@ -167,9 +167,10 @@ def campaign_status(out_dir: str | Path) -> dict[str, Any]:
 def _milestones(state: CampaignState, hit_set: set[str], withheld: list[dict], hull, clock) -> dict[str, Any]:
     """When the campaign found things: ``first_hit`` and one entry per rediscovered withheld phase
     (``rediscovered``), each with its DFT call number (every DFT result counts, references too, in
-    the order they were recorded) and the campaign's running time then (`campaign_clock`, s);
+    the order they were recorded, retries included) and the campaign's running time then
+    (`campaign_clock` at the worker's end time, s);
     ``withheld`` is how many phases were kept from it."""
-    call = {cid: i for i, cid in enumerate(state.dft, 1)}
+    call = {ev.candidate_id: i for i, ev in enumerate(state.dft_attempts, 1)}  # the last attempt's number
 
     def when(cid: str) -> dict[str, Any]:
         ev = state.dft[cid]

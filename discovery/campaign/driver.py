@@ -356,6 +356,8 @@ class Campaign:
         if self.surrogate_fitted and pool and self.config.policy.diversity.needs_embeddings:
             embeddings = np.asarray(self.executor.call("surrogate", "embed", pool))
         context = policy_context(seen, rnd, pool, hull, cheap=preds is not None, mlip_ehull=self._mlip_ehull)
+        if hasattr(self.policy, "rng"):  # a stream per round: a resumed driver draws what this one would
+            self.policy.rng = self._rng(rnd, 4)
         selection = self.policy.select(pool, posterior(pool, pool_preds, self._members, embeddings),
                                        self.config.dft_per_round, context)
         selection = selection.model_copy(update={"policy": f"{selection.policy}/{stats.scored_by}"})

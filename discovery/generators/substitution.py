@@ -161,6 +161,7 @@ class SubstitutionGenerator:
         with (recorded by the campaign every round)."""
         for cand in feedback.get("known", ()) or ():
             self._known.setdefault(cand.id, cand)
+        self._hits = set()  # the campaign's hits now (a hit can stop being one as the hull moves)
         for hit in feedback.get("hits", ()) or ():
             if isinstance(hit, Candidate):
                 self._known.setdefault(hit.id, hit)

@@ -17,7 +17,7 @@ def test_watch_follows_a_running_campaign_to_its_end(tmp_path):
            "chemistry": {"elements": ["Cu", "Au"], "max_atoms": 4, "reference_phases": []},
            "generators": [{"kind": "random_symmetric", "n_per_round": 6}],
            "mlip": {"enabled": False}, "tracking": {"enabled": False},
-           "dft": {"kind": "emt", "max_steps": 10, "delay_s": 2.0},
+           "dft": {"kind": "emt", "max_steps": 10, "delay_s": 6.0},  # the run outlasts the watch's start
            "execution": {"backend": "local", "dft_slots": 2}}
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -25,8 +25,11 @@ def test_watch_follows_a_running_campaign_to_its_end(tmp_path):
     run = subprocess.Popen([str(BIN), "run", str(path), "--out", str(out)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (out / "ledger.sqlite").exists() and time.time() < deadline:
-        time.sleep(0.2)
+    while time.time() < deadline and run.poll() is None:  # until the ledger reads as a running campaign
+        probe = subprocess.run([str(BIN), "status", str(out), "--json"], capture_output=True, text=True)
+        if probe.returncode == 0 and '"running": true' in probe.stdout:
+            break
+        time.sleep(0.5)
     watch = subprocess.Popen([str(BIN), "status", str(out), "--watch", "0.5"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     assert run.wait(timeout=600) == 0, run.stderr.read()[-3000:]

@@ -23,6 +23,7 @@ CAMPAIGN = {
     "surrogate": {"ensemble_size": 2, "max_epochs": 10},
     "mlip": {"top_k": 6, "max_steps": 15, "max_e_above_hull_ev": 1.0},
     "dft": {"kind": "emt", "max_steps": 20},
+    "policy": {"kind": "thompson"},  # draws from its random stream every round: a resume must redraw the same
     "execution": {"backend": "local", "dft_slots": 2},
 }
 

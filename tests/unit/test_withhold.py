@@ -84,3 +84,22 @@ def test_status_names_the_first_hit_and_the_rediscovered_phases(tmp_path, cli):
 
     page = write_report(folder).read_text()
     assert "rediscovered 1 of 2 withheld known phases" in page
+
+
+def test_a_campaign_from_before_validation_existed_still_resumes(tmp_path):
+    """Stored campaign files written before ``validation`` existed lack the section: it stands at
+    its default (nothing withheld), so the resume goes on; withholding something now is refused."""
+    import yaml
+
+    from discovery.errors import ConfigError
+    from discovery.launch import check_resume_compatible
+
+    config = CampaignConfig(name="t", chemistry=CHLORIDES)
+    stored = config.model_dump(mode="json")
+    del stored["validation"]
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(stored))
+    check_resume_compatible(config, tmp_path)
+    withholding = CampaignConfig(name="t", chemistry=CHLORIDES,
+                                 validation={"withhold": [{"formula": "KCaCl3", "prototype": "perovskite"}]})
+    with pytest.raises(ConfigError, match="validation: differs"):
+        check_resume_compatible(withholding, tmp_path)
