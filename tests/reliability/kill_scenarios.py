@@ -1,5 +1,5 @@
-"""Kill a campaign driver at a chosen event, resume it, and summarise its ledger: shared by
-`test_kill_anywhere.py` (EMT, in CI) and `benchmarks/reliability.py` (EMT or GPAW, figures).
+"""Kill a campaign driver at a chosen event, resume it, and summarise its ledger: used by
+`test_kill_anywhere.py` (EMT, in CI) and kept apart so a benchmark can run the same with GPAW.
 
 The kills come from `kill_points/sitecustomize.py`, put on PYTHONPATH of the killed run only."""
 
