@@ -288,8 +288,8 @@ def cmd_status(args, console) -> int:
     from discovery.report import load_status_or_raise
 
     if args.watch is not None:
-        if args.json or not args.watch > 0:
-            raise ConfigError("status: --watch takes a positive number of seconds and no --json")
+        if args.json or not 0 < args.watch <= 3600:
+            raise ConfigError("status: --watch takes seconds between 0 and 3600 and no --json")
         return watch_status(args.out, args.watch, _stdout_console())
     status = load_status_or_raise(args.out)
     if args.json:

@@ -13,7 +13,6 @@ driver re-submits only what has no result (`Campaign._restore`).
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from discovery.campaign.scoring import OBJECTIVE_PROPERTY, policy_context, poste
 from discovery.campaign.screening import RoundStats, generator_funnel, screen
 from discovery.campaign_state import CampaignState
 from discovery.config import CampaignConfig
-from discovery.errors import ConfigError, LedgerError
+from discovery.errors import ConfigError, InfrastructureError, LedgerError
 from discovery.executor import Executor
 from discovery.ledger.sqlite import SqliteLedger, evaluation_key
 from discovery.objective import Bound, Objective
@@ -113,6 +112,7 @@ class Campaign:
         self.ledger.append("session", "start", {"event": "start", "t": started})
         self._restore()
         self.executor.start(self.components, self.dft_spec, self.config.execution.dft_slots)
+        in_flight: BaseException | None = None
         try:
             self._start_references()
             while True:
@@ -123,9 +123,14 @@ class Campaign:
                     continue
                 if self.executor.outstanding == 0 and self.next_round >= self.config.rounds:
                     break
+                if self.executor.outstanding == 0 and self._inflight:  # never waits on what nobody computes
+                    raise InfrastructureError(f"the executor lost {len(self._inflight)} DFT calculation(s) "
+                                              "still in flight; --resume submits them again")
                 self._record(self.executor.completed(timeout_s=1.0))
+        except BaseException as exc:
+            in_flight = exc
+            raise
         finally:
-            in_flight = sys.exc_info()[1]
             self.executor.shutdown()
             try:
                 self.ledger.append("session", "end", {"event": "end", "t": time.time()})

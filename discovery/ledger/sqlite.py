@@ -13,6 +13,7 @@ readers and `check_ledger` write nothing beside such a file (no -wal/-shm files)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -173,12 +174,13 @@ class SqliteLedger:
             self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            with self._sqlite_errors():
+                self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:  # sqlite may have rolled back already (a full disk)
-                self.db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # the error in flight is the one to report
+                    self.db.execute("ROLLBACK")
             raise
-        with self._sqlite_errors():
-            self.db.execute("COMMIT")
 
     def append(self, kind: str, key: str, payload: Record | dict[str, Any], round: int = -1) -> bool:
         """Append one record; returns False when a unique record with this key already exists."""

@@ -43,4 +43,4 @@ def test_watch_follows_a_running_campaign_to_its_end(tmp_path):
 
 def test_watch_refuses_json(tmp_path):
     proc = subprocess.run([str(BIN), "status", str(tmp_path), "--watch", "--json"], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.strip().endswith("--watch takes a positive number of seconds and no --json")
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("--watch takes seconds between 0 and 3600 and no --json")
