@@ -2,7 +2,7 @@
 training, a checkpoint, MLflow, a ledger write, between DFT submissions and results, the resume
 itself), resume, and check the finished campaign equals an uninterrupted run of the same file and
 seed: the same candidates, selections and results, nothing lost, nothing computed twice. EMT stands
-in for DFT so a campaign takes seconds.
+in for DFT so a campaign takes seconds."""
 
 import sys
 from pathlib import Path
