@@ -104,6 +104,7 @@ class Campaign:
         self._hits: set[str] = set()  # hits when this round was planned
         self._members: dict[str, np.ndarray] = {}  # candidate id -> members' e_above_hull (this round)
         self._mlip_ehull: dict[str, float] = {}  # candidate id -> CHGNet e_above_hull (this round's pool)
+        self._dft_known: set[str] = set()  # candidates whose DFT-relaxed copy the filter knows
 
     # ================================================================ run
 
@@ -309,9 +310,10 @@ class Campaign:
         t0 = time.time()
         stats = RoundStats(rnd)
         seen = self.state.as_of(self._visible(rnd))  # what this round may know, whatever arrived since
-        # later proposals must be new after DFT too
-        self.filter.add_known([seen.relaxed_copy(seen.candidates[i], e) for i, e in seen.candidate_dft().items()
-                               if e.ok and i in seen.candidates])
+        # later proposals must be new after DFT too (each result's relaxed copy is built once)
+        fresh = [i for i, e in seen.candidate_dft().items() if e.ok and i in seen.candidates and i not in self._dft_known]
+        self.filter.add_known([seen.relaxed_copy(seen.candidates[i], seen.dft[i]) for i in fresh])
+        self._dft_known.update(fresh)
         hull = seen.dft_hull()
         self._hits = seen.hits(hull)  # StructureMatcher over all results: once per round
         self._members, self._mlip_ehull = {}, {}
